@@ -1,0 +1,356 @@
+"""One entry point for every method: GRPO (TRL's baseline), GFPO and S-GRPO.
+
+    accelerate launch --config_file accelerate_configs/zero3.yaml scripts/train.py --config recipes/qwen3-8b/sgrpo.yaml
+    python scripts/train.py --config recipes/qwen3-8b/sgrpo.yaml --dry_run --accelerate_config accelerate_configs/zero3.yaml
+
+The recipe names the method; TrlParser maps the YAML onto (RecipeArguments, <method config>, ModelConfig) and any
+key that none of them knows is an error. Everything that can be checked without a model is checked first.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_PROMPT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+# method -> (module, config class, trainer class)
+METHODS = {
+    "grpo": ("trl", "GRPOConfig", "GRPOTrainer"),
+    "gfpo": ("trainers.gfpo", "GFPOConfig", "GFPOTrainer"),
+    "sgrpo": ("trainers.sgrpo", "SGRPOConfig", "SGRPOTrainer"),
+}
+
+
+@dataclass
+class RecipeArguments:
+    """The recipe's own keys: method, data, prompt and rewards. The rest belongs to the method config or ModelConfig."""
+
+    method: str = field(default="grpo", metadata={"help": f"Training method: one of {sorted(METHODS)}."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset name, or a local .jsonl/.json/.parquet/.csv file or folder."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    question_column: str = field(default="question", metadata={"help": "Column holding the question text."})
+    answer_column: str = field(default="answer", metadata={"help": "Column holding the gold final answer."})
+    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message."})
+    prompt_template: str = field(
+        default=DEFAULT_PROMPT_TEMPLATE,
+        metadata={"help": "User message; '{question}' is replaced by the question (the papers' evaluation prompt)."},
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["accuracy"],
+        metadata={"help": "Reward names from the rewards registry, or 'module:function'."},
+    )
+    reward_kwargs: dict = field(
+        default_factory=dict, metadata={"help": "Per-reward keyword arguments, e.g. {length_penalty: {alpha: 0.2}}."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows."})
+    dry_run: bool = field(
+        default=False, metadata={"help": "Validate the recipe and print the resolved plan without loading a model."}
+    )
+    accelerate_config: str | None = field(
+        default=None, metadata={"help": "Accelerate config whose num_processes the dry-run plan is computed for."}
+    )
+    num_processes: int | None = field(
+        default=None, metadata={"help": "Process count for the dry-run plan (overrides accelerate_config)."}
+    )
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message says what to change."""
+
+
+def load_recipe(path: str) -> dict:
+    import yaml
+
+    with open(path) as f:
+        recipe = yaml.safe_load(f)
+    if not isinstance(recipe, dict):
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping of key: value.")
+    return recipe
+
+
+def method_classes(method: str, load_trainer: bool = True):
+    if method not in METHODS:
+        raise RecipeError(f"Unknown method {method!r}: set `method:` to one of {sorted(METHODS)}.")
+    module_name, config_name, trainer_name = METHODS[method]
+    module = importlib.import_module(module_name)
+    return getattr(module, config_name), (getattr(module, trainer_name) if load_trainer else None)
+
+
+def check_keys(recipe: dict, dataclass_types, source: str) -> None:
+    """Unknown keys are errors, with the closest known key as the suggested fix."""
+    known = {f.name for dc in dataclass_types for f in fields(dc)} | {"env"}
+    for key in recipe:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean `{close[0]}`?" if close else ""
+            raise RecipeError(f"{source}: unknown key `{key}`.{hint} Remove it or fix its name.")
+
+
+def num_processes_for(script_args: RecipeArguments) -> int:
+    if script_args.num_processes:
+        return script_args.num_processes
+    if script_args.accelerate_config:
+        import yaml
+
+        with open(script_args.accelerate_config) as f:
+            accel = yaml.safe_load(f) or {}
+        return int(accel.get("num_processes", 1)) * int(accel.get("num_machines", 1) or 1)
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def batch_plan(per_device: int, num_processes: int, grad_accum: int, num_generations: int,
+               steps_per_generation: int | None = None, generation_batch_size: int | None = None,
+               whole_groups_per_rank: bool = False) -> dict:
+    """The batch arithmetic of GRPOTrainer, computed for any process count, with errors that say what to change."""
+    global_step_batch = per_device * num_processes * grad_accum  # completions per optimizer step
+    if generation_batch_size is not None and steps_per_generation is not None:
+        raise RecipeError("Set only one of `generation_batch_size` and `steps_per_generation`.")
+    if generation_batch_size is not None:
+        if generation_batch_size % (per_device * num_processes):
+            raise RecipeError(
+                f"generation_batch_size ({generation_batch_size}) must be a multiple of per_device_train_batch_size x "
+                f"processes ({per_device} x {num_processes}); change one of them."
+            )
+        steps_per_generation = generation_batch_size // (per_device * num_processes)
+    steps_per_generation = steps_per_generation or grad_accum
+    generation_batch = per_device * num_processes * steps_per_generation
+    if generation_batch % num_generations:
+        raise RecipeError(
+            f"The generation batch per_device_train_batch_size x processes x steps_per_generation = {per_device} x "
+            f"{num_processes} x {steps_per_generation} = {generation_batch} is not a multiple of num_generations "
+            f"({num_generations}): the group of a question would be cut. Make it a multiple, e.g. "
+            f"per_device_train_batch_size={num_generations} or a gradient_accumulation_steps that fits."
+        )
+    per_rank = per_device * steps_per_generation
+    if whole_groups_per_rank and per_rank % num_generations:
+        raise RecipeError(
+            f"This method needs every process to hold whole groups: per_device_train_batch_size x steps_per_generation "
+            f"= {per_device} x {steps_per_generation} = {per_rank} must be a multiple of num_generations "
+            f"({num_generations})."
+        )
+    return {
+        "processes": num_processes,
+        "group_size_G": num_generations,
+        "completions_per_optimizer_step": global_step_batch,
+        "questions_per_optimizer_step": global_step_batch / num_generations,
+        "generation_batch_completions": generation_batch,
+        "questions_per_generation": generation_batch // num_generations,
+        "steps_per_generation": steps_per_generation,
+        "completions_per_process_per_generation": per_rank,
+        "groups_whole_on_each_process": per_rank % num_generations == 0,
+    }
+
+
+def parse(argv: list[str] | None = None):
+    """Parse `--config recipe.yaml [--key value ...]` into (script_args, method_args, model_args)."""
+    from trl import ModelConfig, TrlParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    recipe, source = {}, "command line"
+    if "--config" in argv:
+        source = argv[argv.index("--config") + 1]
+        recipe = load_recipe(source)
+    method = recipe.get("method", "grpo")
+    if "--method" in argv:
+        method = argv[argv.index("--method") + 1]
+    config_cls, _ = method_classes(method, load_trainer=False)
+    types = (RecipeArguments, config_cls, ModelConfig)
+    check_keys(recipe, types, source)
+    precheck_batch(recipe, config_cls, argv)
+    dry_run = "--dry_run" in argv or recipe.get("dry_run")
+    if dry_run and not _has_accelerator() and "--use_cpu" not in argv:
+        # TrainingArguments refuses bf16 without a GPU; a dry run on a login node must still validate the recipe.
+        argv += ["--use_cpu", "true"]
+    parser = TrlParser(types)
+    try:
+        script_args, method_args, model_args = parser.parse_args_and_config(argv)
+    except ValueError as e:  # the config classes' own __post_init__ checks
+        raise RecipeError(f"{source}: {e}") from e
+    return script_args, method_args, model_args
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
+def precheck_batch(recipe: dict, config_cls, argv: list[str]) -> None:
+    """Run the batch arithmetic on the recipe's values before the config classes see them, for a clearer error."""
+    defaults = {f.name: f.default for f in fields(config_cls)}
+
+    def value(key):
+        if f"--{key}" in argv:
+            return argv[argv.index(f"--{key}") + 1]
+        return recipe.get(key, defaults.get(key))
+
+    accel = value("accelerate_config") if "accelerate_config" in recipe or "--accelerate_config" in argv else None
+    procs = value("num_processes") if "num_processes" in recipe or "--num_processes" in argv else None
+    n = num_processes_for(RecipeArguments(accelerate_config=accel, num_processes=int(procs) if procs else None))
+    as_int = lambda v: None if v in (None, "None", "null") else int(v)  # noqa: E731
+    batch_plan(
+        per_device=int(value("per_device_train_batch_size")),
+        num_processes=n,
+        grad_accum=int(value("gradient_accumulation_steps")),
+        num_generations=int(value("num_generations")),
+        steps_per_generation=as_int(value("steps_per_generation")),
+        generation_batch_size=as_int(value("generation_batch_size")),
+        whole_groups_per_rank=getattr(config_cls, "requires_whole_groups_per_rank", False),
+    )
+
+
+def validate(script_args: RecipeArguments, method_args, model_args) -> dict:
+    """Everything that can be checked before a model loads. Returns the batch plan."""
+    from rewards import validate_reward_names
+
+    if not script_args.dataset_name:
+        raise RecipeError("Set `dataset_name` to a hub dataset or a local .jsonl/.json/.parquet file.")
+    if not model_args.model_name_or_path:
+        raise RecipeError("Set `model_name_or_path` to a hub model id or a local checkpoint folder.")
+    if "{question}" not in script_args.prompt_template:
+        raise RecipeError("`prompt_template` must contain '{question}', where the question is inserted.")
+    validate_reward_names(script_args.reward_funcs, script_args.reward_kwargs)
+    weights = getattr(method_args, "reward_weights", None)
+    if weights is not None and len(weights) != len(script_args.reward_funcs):
+        raise RecipeError(
+            f"`reward_weights` has {len(weights)} entries but `reward_funcs` has {len(script_args.reward_funcs)}: "
+            "give one weight per reward function."
+        )
+    return batch_plan(
+        per_device=method_args.per_device_train_batch_size,
+        num_processes=num_processes_for(script_args),
+        grad_accum=method_args.gradient_accumulation_steps,
+        num_generations=method_args.num_generations,
+        # GRPOConfig.__post_init__ filled both from one of them; recover which one the recipe meant.
+        steps_per_generation=method_args.steps_per_generation,
+        whole_groups_per_rank=getattr(method_args, "requires_whole_groups_per_rank", False),
+    )
+
+
+def load_train_dataset(script_args: RecipeArguments):
+    """Load the training split and build the conversational `prompt` and the gold `answer` columns."""
+    from datasets import load_dataset
+
+    name = script_args.dataset_name
+    path = Path(name)
+    if path.exists():
+        if path.is_dir():
+            dataset = load_dataset(str(path), split=script_args.dataset_train_split)
+        else:
+            kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
+            if kind is None:
+                raise RecipeError(f"{name}: unsupported file type; use .jsonl, .json, .parquet or .csv.")
+            dataset = load_dataset(kind, data_files=str(path), split="train")
+    else:
+        dataset = load_dataset(name, script_args.dataset_config, split=script_args.dataset_train_split)
+    for column in (script_args.question_column, script_args.answer_column):
+        if column not in dataset.column_names:
+            raise RecipeError(
+                f"{name} has no column `{column}` (columns: {dataset.column_names}); set question_column/answer_column."
+            )
+    if script_args.max_train_samples:
+        dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
+
+    def to_prompt(row):
+        messages = [{"role": "system", "content": script_args.system_prompt}] if script_args.system_prompt else []
+        messages.append({"role": "user", "content": script_args.prompt_template.replace("{question}", row[script_args.question_column])})
+        return {"prompt": messages, "answer": str(row[script_args.answer_column])}
+
+    keep = {"prompt", "answer"}
+    return dataset.map(to_prompt, remove_columns=[c for c in dataset.column_names if c not in keep])
+
+
+def print_plan(script_args, method_args, model_args, plan: dict) -> None:
+    keys = ["learning_rate", "max_steps", "num_train_epochs", "max_completion_length", "beta", "loss_type",
+            "temperature", "use_vllm", "vllm_mode", "bf16", "gradient_checkpointing", "num_iterations"]
+    from trl import GRPOConfig
+
+    base = {f.name for f in fields(GRPOConfig)}
+    extra = {f.name: getattr(method_args, f.name) for f in fields(method_args) if f.name not in base}
+    out = {
+        "method": script_args.method,
+        "model": model_args.model_name_or_path,
+        "lora": {"r": model_args.lora_r, "alpha": model_args.lora_alpha} if model_args.use_peft else None,
+        "dataset": f"{script_args.dataset_name}[{script_args.dataset_train_split}]",
+        "rewards": script_args.reward_funcs,
+        "batch": plan,
+        "training": {k: getattr(method_args, k) for k in keys},
+        f"{script_args.method}_options": extra,
+        "output_dir": method_args.output_dir,
+    }
+    print(json.dumps(out, indent=2, default=str))
+
+
+def resolve_checkpoint(method_args) -> str | None:
+    """`resume_from_checkpoint: true|last` resumes from the newest checkpoint in output_dir, if any."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt = method_args.resume_from_checkpoint
+    if ckpt in (None, False, "", "false", "False"):
+        return None
+    if ckpt in (True, "true", "True", "last"):
+        return get_last_checkpoint(method_args.output_dir) if os.path.isdir(method_args.output_dir) else None
+    if not os.path.isdir(ckpt):
+        raise RecipeError(f"resume_from_checkpoint={ckpt!r} is not a folder; give a checkpoint-N folder or 'last'.")
+    return ckpt
+
+
+def main(argv: list[str] | None = None):
+    script_args, method_args, model_args = parse(argv)
+    plan = validate(script_args, method_args, model_args)
+    if script_args.dry_run:
+        print_plan(script_args, method_args, model_args, plan)
+        return None
+
+    from trl import get_peft_config
+
+    from rewards import build_reward_funcs
+
+    _, trainer_cls = method_classes(script_args.method)
+    checkpoint = resolve_checkpoint(method_args)
+    dataset = load_train_dataset(script_args)
+    reward_funcs = build_reward_funcs(script_args.reward_funcs, script_args.reward_kwargs)
+    init_kwargs = dict(method_args.model_init_kwargs or {})
+    init_kwargs.setdefault("revision", model_args.model_revision)
+    init_kwargs.setdefault("trust_remote_code", model_args.trust_remote_code)
+    if model_args.dtype is not None:
+        init_kwargs.setdefault("dtype", model_args.dtype)
+    if model_args.attn_implementation is not None:
+        init_kwargs.setdefault("attn_implementation", model_args.attn_implementation)
+    method_args.model_init_kwargs = init_kwargs
+
+    trainer_cls_name = trainer_cls.__name__
+    trainer = trainer_cls(
+        model=model_args.model_name_or_path,
+        reward_funcs=reward_funcs,
+        args=method_args,
+        train_dataset=dataset,
+        peft_config=get_peft_config(model_args),
+    )
+    if trainer.accelerator.is_main_process:
+        print(f"[concise-rl] {trainer_cls_name}: processes={trainer.accelerator.num_processes} "
+              f"G={method_args.num_generations} rows={len(dataset)} resume={checkpoint}", flush=True)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(method_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        trainer.processing_class.save_pretrained(method_args.output_dir)
+    return trainer
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except RecipeError as e:
+        sys.exit(f"recipe error: {e}")
