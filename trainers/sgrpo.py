@@ -1,0 +1,470 @@
+"""S-GRPO: serial-group decaying-reward policy optimisation (arXiv 2505.07686) as a thin GRPOTrainer subclass.
+
+How it wraps TRL 1.16 (never copying `_generate_and_score_completions`):
+
+1. `_generate_single_turn` receives the local generation batch as whole groups of G identical prompts (see
+   "Groups stay whole" below). It calls TRL's own `_generate_single_turn` twice: once on one prompt per serial
+   group (num_generations=1) for the full rollouts O_0, then once on the m exit prompts `prompt + O_0[:P_i] +
+   exit text` with the token budget temporarily set to `max_answer_length`. Weight sync to vLLM, sampling
+   parameters and both back-ends (transformers generate, vLLM colocate/server) are TRL's. It returns, per group,
+   the m early-exit responses `O_0[:P_i] + exit text + C_i` in position order and the full rollout last.
+   vLLM sampling logprobs: the full rollout's for the prefix, NaN for the injected text (TRL maps a NaN to an
+   importance-sampling ratio of 1: no correction for tokens nobody sampled), the exit generation's for C_i.
+2. `_generate` (wrapped) optionally returns a `tool_mask` that removes the injected exit text from the loss
+   (`mask_exit_text`; off by default: the paper broadcasts the advantage to every response token).
+3. `_calculate_rewards` (wrapped) keeps the user's reward functions' output for TRL's logging, and from the
+   gathered rows decides each member's correctness (weighted reward sum > `correct_threshold`) and turns it into
+   the serial rewards (decay / all_one / shortest_one) and advantages A = r - mean(r) (no std).
+4. `_generate_and_score_completions` (wrapped) replaces the returned `advantages` with the S-GRPO ones, applies
+   the optional unsolved-group dropping, and logs the S-GRPO metrics.
+
+Groups stay whole: TRL's `RepeatSampler` yields each prompt index `num_generations` times consecutively, and the
+training dataloader hands every rank consecutive chunks of `per_device_train_batch_size * steps_per_generation`
+indices (accelerate's batch-sampler sharding, one generation batch per rank). When that per-rank size is a
+multiple of G (checked in `SGRPOConfig.__post_init__`), each rank holds whole groups, so the serial group is
+generated and scored on one rank. The rewards are still computed from TRL's gathered tensor.
+
+Full rollouts that never close `</think>` (cut by `max_completion_length`): the exits are drawn over the thinking
+that was generated, and the full path is scored incorrect (it has no answer), whatever the reward functions say.
+
+`serial: false` switches all of this off: the trainer is TRL's GRPO (the paper's "w/o serial group" ablation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from trainers.serial_group import (  # re-exported: `from trainers.sgrpo import decaying_rewards`
+    DEFAULT_EXIT_TEXT,
+    SGRPO_REWARDS,
+    ThinkingSpan,
+    all_one_rewards,
+    decaying_rewards,
+    exit_completion,
+    exit_logprobs,
+    exit_prompt_ids,
+    exit_quantile_bins,
+    exit_text_mask,
+    sample_exit_positions,
+    serial_advantages,
+    serial_rewards_for_questions,
+    sgrpo_rewards,
+    shortest_one_rewards,
+    thinking_span,
+)
+
+__all__ = [
+    "SGRPOConfig",
+    "SGRPOTrainer",
+    "DEFAULT_EXIT_TEXT",
+    "SGRPO_REWARDS",
+    "ThinkingSpan",
+    "all_one_rewards",
+    "check_tokenizer",
+    "decaying_rewards",
+    "exit_completion",
+    "exit_logprobs",
+    "exit_prompt_ids",
+    "exit_text_mask",
+    "sample_exit_positions",
+    "serial_advantages",
+    "serial_rewards_for_questions",
+    "sgrpo_rewards",
+    "shortest_one_rewards",
+    "thinking_span",
+]
+
+# Every GRPOTrainer method this file overrides or calls by private name (a contract test checks they exist).
+WRAPPED_TRL_HOOKS = (
+    "_generate_single_turn",
+    "_generate",
+    "_calculate_rewards",
+    "_generate_and_score_completions",
+)
+# Private attributes of GRPOTrainer read or temporarily changed here.
+WRAPPED_TRL_ATTRIBUTES = (
+    "vllm_generation",  # .max_completion_length: the exit answers' token budget on vLLM
+    "generation_config",  # .max_new_tokens: the same on transformers generate
+    "generation_kwargs",
+    "reward_weights",
+    "eos_token_ids",
+    "_tokenizer",
+    "_metrics",
+    "_logs",
+    "num_generations",
+    "use_vllm",
+)
+# Keys of `_generate_and_score_completions`' output dict read or rewritten here.
+REQUIRED_OUTPUT_KEYS = ("completion_ids", "completion_mask", "advantages", "num_items_in_batch")
+OPTIONAL_OUTPUT_KEYS = ("tool_mask",)  # created when S-GRPO masks tokens and TRL did not
+
+
+@dataclass
+class SGRPOConfig(GRPOConfig):
+    """GRPOConfig plus the S-GRPO options. Defaults follow the paper (m = 8, G = 9, lr 1e-6, no KL)."""
+
+    # Paper defaults that differ from GRPOConfig's.
+    num_generations: int | None = field(
+        default=9,
+        metadata={"help": "G, the group size. With `serial`, must equal num_full_rollouts * (num_exits + 1): the "
+                          "m early exits plus the full rollout (S-GRPO Sec. 3.1, G = m + 1 = 9)."},
+    )
+    loss_type: str = field(
+        default="grpo",
+        metadata={"help": "TRL loss aggregation. 'grpo' = per-sequence token mean, then mean over the group, "
+                          "as S-GRPO's objective (Sec. 3.3)."},
+    )
+    serial: bool = field(
+        default=True,
+        metadata={"help": "Build serial groups (S-GRPO). False = plain GRPO, the paper's 'w/o serial group' "
+                          "ablation (Table 4)."},
+    )
+    num_exits: int = field(
+        default=8,
+        metadata={"help": "m, early-exit positions per full rollout, P_i ~ U(1, n) over the thought tokens "
+                          "(Sec. 3.1, m = 8)."},
+    )
+    num_full_rollouts: int = field(
+        default=1,
+        metadata={"help": "Full rollouts (reasoning paths) per question. The paper uses 1; R > 1 makes a "
+                          "parallel x serial group of R * (m + 1) members whose advantage baseline is the mean "
+                          "over all of them (beyond the paper)."},
+    )
+    exit_text: str = field(
+        default=DEFAULT_EXIT_TEXT,
+        metadata={"help": "Text injected after O_0[:P_i] to force an answer (Sec. 3.1, exactly the paper's string). "
+                          "Must contain `think_end_token` once."},
+    )
+    exit_position_range: list[float] = field(
+        default_factory=lambda: [0.0, 1.0],
+        metadata={"help": "[lo, hi]: exits are drawn among thought positions p with lo <= p/n <= hi "
+                          "(paper: [0, 1], i.e. U(1, n))."},
+    )
+    max_answer_length: int = field(
+        default=1024,
+        metadata={"help": "Token budget of the answer C_i generated after the exit text (not given in the paper)."},
+    )
+    sgrpo_reward: str = field(
+        default="decay",
+        metadata={"help": "Serial reward: 'decay' = 1/2^(N_right-1) if correct else 0 (Sec. 3.2, Eq. 2); "
+                          "'all_one' = 1 for every correct member; 'shortest_one' = 1 only for the earliest correct "
+                          "member (the two reward ablations of Table 4)."},
+    )
+    correct_threshold: float = field(
+        default=0.5,
+        metadata={"help": "A member is correct when its weighted sum of the reward functions' outputs is > this "
+                          "(0/1 accuracy rewards: correct iff the accuracy reward is 1)."},
+    )
+    mask_exit_text: bool = field(
+        default=False,
+        metadata={"help": "Exclude the injected exit text from the loss. False = the paper: the advantage reaches "
+                          "every response token (thought prefix, exit text, answer)."},
+    )
+    drop_unsolved_groups: bool = field(
+        default=False,
+        metadata={"help": "Drop groups with no correct member (the paper's DAPO-style filtering, Sec. 4.1): they "
+                          "are masked out of the loss and, with loss_type 'grpo', the kept sequences' advantages are "
+                          "scaled by N_total/N_kept so the gradient equals the mean over kept groups. Counted in "
+                          "`sgrpo/frac_groups_dropped`."},
+    )
+    think_start_token: str = field(
+        default="<think>", metadata={"help": "Opening tag; skipped when a completion starts with it (Qwen3)."}
+    )
+    think_end_token: str = field(
+        default="</think>", metadata={"help": "Closing tag: the thought tokens T_1..T_n are those before it."}
+    )
+
+    def __post_init__(self):
+        if isinstance(self.exit_position_range, tuple):
+            self.exit_position_range = list(self.exit_position_range)
+        if self.serial:
+            self._check_serial_before()
+        super().__post_init__()
+        if self.serial:
+            per_rank = self.per_device_train_batch_size * self.steps_per_generation
+            if per_rank % self.num_generations:
+                raise ValueError(
+                    f"per_device_train_batch_size * steps_per_generation = {self.per_device_train_batch_size} * "
+                    f"{self.steps_per_generation} = {per_rank} (one rank's generation batch) must be a multiple of "
+                    f"num_generations ({self.num_generations}) so that serial groups are never split across ranks. "
+                    f"Set per_device_train_batch_size to a multiple of {self.num_generations}, or make "
+                    f"gradient_accumulation_steps / steps_per_generation a multiple of it."
+                )
+
+    def _check_serial_before(self):
+        m, r = self.num_exits, self.num_full_rollouts
+        if m < 1:
+            raise ValueError(f"num_exits must be >= 1 (the paper uses m = 8), got {m}.")
+        if r < 1:
+            raise ValueError(f"num_full_rollouts must be >= 1, got {r}.")
+        if self.num_generations != r * (m + 1):
+            raise ValueError(
+                f"num_generations ({self.num_generations}) must equal num_full_rollouts * (num_exits + 1) = "
+                f"{r} * ({m} + 1) = {r * (m + 1)}: a serial group is the m early exits plus the full rollout. "
+                f"Set num_generations: {r * (m + 1)} (or change num_exits)."
+            )
+        if self.sgrpo_reward not in SGRPO_REWARDS:
+            raise ValueError(f"sgrpo_reward must be one of {SGRPO_REWARDS}, got {self.sgrpo_reward!r}.")
+        rng = self.exit_position_range
+        if len(rng) != 2 or not (0.0 <= rng[0] <= rng[1] <= 1.0):
+            raise ValueError(f"exit_position_range must be [lo, hi] with 0 <= lo <= hi <= 1, got {rng}.")
+        if self.max_answer_length < 1:
+            raise ValueError(f"max_answer_length must be >= 1, got {self.max_answer_length}.")
+        if self.exit_text.count(self.think_end_token) != 1:
+            raise ValueError(
+                f"exit_text must contain think_end_token {self.think_end_token!r} exactly once (it closes the "
+                f"thinking so the policy answers), got {self.exit_text!r}."
+            )
+        if self.use_vllm and self.vllm_max_model_length is not None:
+            need = self.max_completion_length + self.max_answer_length
+            if self.vllm_max_model_length < need:
+                raise ValueError(
+                    f"vllm_max_model_length ({self.vllm_max_model_length}) is too small: an exit prompt holds the "
+                    f"prompt, up to max_completion_length ({self.max_completion_length}) thought tokens and the exit "
+                    f"text, then generates max_answer_length ({self.max_answer_length}) tokens. Set it to at least "
+                    f"{need} plus the longest prompt and the exit text."
+                )
+        if self.use_transformers_continuous_batching:
+            raise ValueError("S-GRPO supports transformers `generate` and vLLM; set use_transformers_continuous_batching: false.")
+
+
+def check_tokenizer(tokenizer, args: SGRPOConfig) -> tuple[list[int], int, int | None]:
+    """Validate S-GRPO's token assumptions before training; returns (exit_ids, think_end_id, think_start_id).
+
+    Cheap (no model): scripts may call it right after loading the tokenizer.
+    """
+    def single_id(token: str) -> int | None:
+        ids = tokenizer.encode(token, add_special_tokens=False)
+        return ids[0] if len(ids) == 1 else None
+
+    think_end_id = single_id(args.think_end_token)
+    if think_end_id is None:
+        raise ValueError(
+            f"The tokenizer does not encode think_end_token {args.think_end_token!r} as one token, so thought tokens "
+            f"cannot be located. S-GRPO needs a thinking model (Qwen3, R1-Distill) or set think_end_token."
+        )
+    exit_ids = tokenizer.encode(args.exit_text, add_special_tokens=False)
+    if exit_ids.count(think_end_id) != 1:
+        raise ValueError(f"exit_text {args.exit_text!r} must tokenize with exactly one {args.think_end_token!r} token.")
+    return exit_ids, think_end_id, single_id(args.think_start_token)
+
+
+class SGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose groups are S-GRPO serial groups with decaying rewards (see the module docstring)."""
+
+    _tag_names = ["trl", "grpo", "s-grpo", "concise-rl"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._sgrpo_batch: dict | None = None  # local layout of the current generation batch
+        self._sgrpo_scores: dict | None = None  # gathered correctness / rewards / advantages
+        self._exit_draws = (-1, 0)  # (global_step, draws in that step): seeds the exit positions reproducibly
+        if self.args.serial:
+            if self.tools or self.rollout_func is not None or self.environment_factories is not None:
+                raise ValueError("S-GRPO builds its own serial groups; tools, rollout_func and environment_factory "
+                                 "are not supported with serial: true.")
+            self._exit_ids, self._think_end_id, self._think_start_id = check_tokenizer(self._tokenizer, self.args)
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _serial_active(self) -> bool:
+        return bool(self.args.serial) and self.model.training
+
+    def _exit_generator(self) -> torch.Generator:
+        step = self.state.global_step
+        last_step, draws = self._exit_draws
+        draws = draws + 1 if step == last_step else 0
+        self._exit_draws = (step, draws)
+        seed = ((self.args.seed * 1_000_003 + step) * 1009 + self.accelerator.process_index) * 101 + draws
+        return torch.Generator().manual_seed(seed % (2**63))
+
+    @contextlib.contextmanager
+    def _answer_budget(self):
+        """Temporarily give the generator `max_answer_length` new tokens (restored even on error)."""
+        n = self.args.max_answer_length
+        saved = []
+        try:
+            if self.use_vllm:
+                saved.append((self.vllm_generation, "max_completion_length", self.vllm_generation.max_completion_length))
+                self.vllm_generation.max_completion_length = n
+            else:
+                saved.append((self.generation_config, "max_new_tokens", self.generation_config.max_new_tokens))
+                self.generation_config.max_new_tokens = n
+                if isinstance(getattr(self, "generation_kwargs", None), dict) and "max_new_tokens" in self.generation_kwargs:
+                    saved.append((self.generation_kwargs, None, self.generation_kwargs["max_new_tokens"]))
+                    self.generation_kwargs["max_new_tokens"] = n
+            yield
+        finally:
+            for obj, attr, value in reversed(saved):
+                if attr is None:
+                    obj["max_new_tokens"] = value
+                else:
+                    setattr(obj, attr, value)
+
+    # ------------------------------------------------------------------------------------ generation
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if not self._serial_active():
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images=has_tool_images)
+        if images is not None and any(img for img in images):
+            raise NotImplementedError("S-GRPO serial groups are text-only.")
+        G, m, R = num_generations, self.args.num_exits, self.args.num_full_rollouts
+        if len(prompt_ids) % G:
+            raise RuntimeError(f"S-GRPO got {len(prompt_ids)} prompts, not whole groups of {G}: groups were split.")
+        n_q = len(prompt_ids) // G
+        for q in range(n_q):
+            first = list(prompt_ids[q * G])
+            if any(list(prompt_ids[q * G + j]) != first for j in range(1, G)):
+                raise RuntimeError(f"S-GRPO group {q} mixes prompts: the local batch is not whole groups of {G}.")
+
+        # 1) Full rollouts O_0: one per serial group, with TRL's sampling and max_completion_length.
+        path_prompts = [list(prompt_ids[q * G]) for q in range(n_q) for _ in range(R)]
+        full_ids, full_lps = super()._generate_single_turn(path_prompts, None, {}, 1)
+        full_ids = [list(ids) for ids in full_ids]
+
+        # 2) Exit positions over each rollout's thought tokens, and the exit prompts.
+        gen = self._exit_generator()
+        lo_hi = tuple(self.args.exit_position_range)
+        spans, positions, exit_prompts = [], [], []
+        for prompt, comp in zip(path_prompts, full_ids, strict=True):
+            span = thinking_span(comp, self._think_end_id, self._think_start_id, self.eos_token_ids)
+            ps = sample_exit_positions(span.length, m, gen, lo_hi)
+            spans.append(span)
+            positions.append(ps)
+            exit_prompts.extend(exit_prompt_ids(prompt, comp, span.start + p, self._exit_ids) for p in ps)
+
+        # 3) Answers C_i: the policy continues every exit prompt for at most max_answer_length tokens.
+        with self._answer_budget():
+            ans_ids, ans_lps = super()._generate_single_turn(exit_prompts, None, {}, 1)
+
+        # 4) Serial groups: exits in position order, the full rollout last.
+        completion_ids, logprobs = [], ([] if full_lps is not None else None)
+        layout = {k: [] for k in ("is_full", "closed", "pos", "n_think", "cut", "full_len", "answer_len")}
+        n_exit = len(self._exit_ids)
+        for k, (comp, span, ps) in enumerate(zip(full_ids, spans, positions, strict=True)):
+            for i, p in enumerate(ps):
+                a_ids = list(ans_ids[k * m + i])
+                cut = span.start + p
+                completion_ids.append(exit_completion(comp, cut, self._exit_ids, a_ids))
+                if logprobs is not None:
+                    logprobs.append(exit_logprobs(full_lps[k], cut, n_exit, ans_lps[k * m + i]))
+                self._append_layout(layout, False, span, p, cut, len(comp), len(a_ids))
+            completion_ids.append(comp)
+            if logprobs is not None:
+                logprobs.append(list(full_lps[k]))
+            self._append_layout(layout, True, span, span.length, len(comp), len(comp), 0)
+        self._sgrpo_batch = layout
+        return completion_ids, logprobs
+
+    @staticmethod
+    def _append_layout(layout, is_full, span, pos, cut, full_len, answer_len):
+        layout["is_full"].append(is_full)
+        layout["closed"].append(span.closed)
+        layout["pos"].append(pos)
+        layout["n_think"].append(span.length)
+        layout["cut"].append(cut)
+        layout["full_len"].append(full_len)
+        layout["answer_len"].append(answer_len)
+
+    def _generate(self, prompts):
+        out = super()._generate(prompts)
+        if not (self._serial_active() and self.args.mask_exit_text):
+            return out
+        prompt_ids, completion_ids, tool_mask, completions, logprobs, extra, images, tool_images = out
+        layout, n_exit = self._sgrpo_batch, len(self._exit_ids)
+        tool_mask = [
+            [1] * len(c) if full else exit_text_mask(len(c), cut, n_exit)
+            for c, full, cut in zip(completion_ids, layout["is_full"], layout["cut"], strict=True)
+        ]
+        return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra, images, tool_images
+
+    # ---------------------------------------------------------------------------------------- scoring
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if not self._serial_active():
+            return rewards_per_func
+        device = rewards_per_func.device
+        layout = self._sgrpo_batch
+        if layout is None or len(layout["is_full"]) != len(prompts):
+            raise RuntimeError("S-GRPO layout missing: _generate_single_turn did not build this batch's serial groups.")
+        local = torch.tensor(
+            [layout[k] for k in ("is_full", "closed", "pos", "n_think", "cut", "full_len", "answer_len")],
+            dtype=torch.float32, device=device,
+        ).T
+        gathered = self.accelerator.gather(local)  # rows in the same (process-major) order as rewards_per_func
+        is_full, closed = gathered[:, 0].bool(), gathered[:, 1].bool()
+        weighted = (rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
+        correct = weighted > self.args.correct_threshold
+        correct = correct & ~(is_full & ~closed)  # a full path that never closed its thinking has no answer
+        G = self.num_generations
+        rewards = serial_rewards_for_questions(correct.view(-1, G), self.args.num_full_rollouts, self.args.sgrpo_reward)
+        self._sgrpo_scores = {
+            "correct": correct.view(-1, G),
+            "rewards": rewards,
+            "advantages": serial_advantages(rewards),
+            "layout": gathered,
+        }
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        self._sgrpo_batch, self._sgrpo_scores = None, None
+        out = super()._generate_and_score_completions(inputs)
+        if not self._serial_active():
+            return out
+        scores = self._sgrpo_scores
+        advantages = scores["advantages"].clone()
+        n_local = out["advantages"].shape[0]
+        rank = self.accelerator.process_index
+        local = slice(rank * n_local, (rank + 1) * n_local)
+
+        unsolved = ~scores["correct"].any(dim=1)  # (questions,)
+        dropped = torch.zeros_like(unsolved)
+        if self.args.drop_unsolved_groups:
+            dropped = unsolved
+            kept = (~dropped).sum().item()
+            advantages[dropped] = 0.0
+            if kept and self.loss_type == "grpo":
+                advantages = advantages * (dropped.numel() / kept)  # mean over kept sequences, exactly
+            keep_rows = (~dropped).repeat_interleave(self.num_generations)[local].to(out["completion_mask"].dtype)
+            mask = out.get("tool_mask", torch.ones_like(out["completion_mask"]))
+            out["tool_mask"] = mask * keep_rows.unsqueeze(1)
+            out["num_items_in_batch"] = self.accelerator.gather(
+                (out["completion_mask"] * out["tool_mask"]).sum()).sum()
+
+        flat = advantages.flatten()
+        out["advantages"] = flat[local].to(out["advantages"].dtype)
+        # TRL logged its own (std-scaled) advantages for the completions table: show the S-GRPO ones instead.
+        logged = self._logs["advantages"]
+        for _ in range(min(flat.numel(), len(logged))):
+            logged.pop()
+        logged.extend(flat.tolist())
+        self._log_serial_metrics(scores, unsolved, dropped)
+        return out
+
+    def _log_serial_metrics(self, scores, unsolved, dropped):
+        metrics = self._metrics["train"]
+        lay = scores["layout"]
+        is_full = lay[:, 0].bool()
+        closed, pos, n_think, full_len, answer_len = lay[:, 1].bool(), lay[:, 2], lay[:, 3], lay[:, 5], lay[:, 6]
+        correct = scores["correct"].flatten()
+        exits = ~is_full
+        frac = torch.where(n_think > 0, pos / n_think.clamp(min=1), torch.zeros_like(pos))
+        metrics["sgrpo/full_length/mean"].append(full_len[is_full].mean().item())
+        metrics["sgrpo/full_thinking_length/mean"].append(n_think[is_full].mean().item())
+        metrics["sgrpo/full_unclosed_frac"].append((~closed[is_full]).float().mean().item())
+        metrics["sgrpo/exit_position/mean"].append(pos[exits].mean().item())
+        metrics["sgrpo/exit_position_frac/mean"].append(frac[exits].mean().item())
+        metrics["sgrpo/exit_answer_length/mean"].append(answer_len[exits].mean().item())
+        metrics["sgrpo/accuracy/full"].append(correct[is_full].float().mean().item())
+        metrics["sgrpo/accuracy/exits"].append(correct[exits].float().mean().item())
+        bins = exit_quantile_bins(frac[exits], 4)
+        for b in range(4):
+            sel = bins == b
+            if sel.any():  # a quarter with no exit this step is left out rather than logged as 0
+                metrics[f"sgrpo/accuracy/exit_q{b + 1}"].append(correct[exits][sel].float().mean().item())
+        metrics["sgrpo/reward/mean"].append(scores["rewards"].mean().item())
+        metrics["sgrpo/frac_groups_unsolved"].append(unsolved.float().mean().item())
+        metrics["sgrpo/frac_groups_dropped"].append(dropped.float().mean().item())
