@@ -1,0 +1,267 @@
+"""Evaluation loop: prompts, resumable per-sample JSONL, grading, pass@1 summaries.
+
+Files under `<output_dir>/<benchmark>/`: `samples*.jsonl` (one line per sample, appended as chunks finish;
+data-parallel shards write `samples.shard{i}.jsonl`), `protocol.json` and `summary.json`; the run's
+`<output_dir>/summary.json` gathers every benchmark for scripts/report.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from benchmarks.generation import EXIT_TEXT, Backend, Budget, generate_completions, sample_seed
+from benchmarks.grading import count_tokens, grade
+from benchmarks.registry import Question
+
+DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
+# Protocol keys that change what a sample is: resuming with another value would mix two protocols.
+_GENERATION_KEYS = ("model", "revision", "temperature", "top_p", "top_k", "max_tokens", "answer_max_tokens",
+                    "seed", "prompt_template", "system_prompt", "exit_text", "chat_template_kwargs", "choice_seed")
+
+
+@dataclass
+class Protocol:
+    """Everything that defines a result; written with every summary."""
+
+    model: str
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 0
+    max_tokens: int = 32768
+    answer_max_tokens: int = 1024
+    seed: int = 0
+    prompt_template: str = DEFAULT_TEMPLATE
+    system_prompt: str | None = None
+    chat_template_kwargs: dict = field(default_factory=dict)
+    exit_text: str = EXIT_TEXT
+    require_thinking: bool = True
+    choice_seed: int = 0
+    revision: str | None = None
+    adapter_base: str | None = None
+    backend: str = "transformers"
+    dtype: str = "auto"
+
+
+def build_prompt(tokenizer, question: str, template: str = DEFAULT_TEMPLATE, system_prompt: str | None = None,
+                 chat_template_kwargs: dict | None = None) -> tuple[str, list[int]]:
+    """Chat-templated prompt text and ids. `{question}` is substituted with str.replace (LaTeX braces are safe)."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": template.replace("{question}", question)})
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         **(chat_template_kwargs or {}))
+    return text, tokenizer.encode(text, add_special_tokens=False)
+
+
+def record_key(record: dict) -> tuple[str, int, str]:
+    return record["question_id"], int(record["sample_index"]), record["budget"]
+
+
+def read_records_file(path: Path) -> list[dict]:
+    """Records of one JSONL file; a torn line (a run killed mid-write) is skipped and regenerated on resume."""
+    records = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def read_records(bench_dir: Path) -> list[dict]:
+    """All sample records of a benchmark directory (every shard file)."""
+    return [r for path in sorted(bench_dir.glob("samples*.jsonl")) for r in read_records_file(path)]
+
+
+def _append(path: Path, records: Iterable[dict]) -> None:
+    torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    with open(path, "a") as f:
+        if torn:
+            f.write("\n")
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def check_protocol(bench_dir: Path, protocol: dict) -> None:
+    """Refuse to resume into a directory whose samples were generated under another protocol."""
+    path = bench_dir / "protocol.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), protocol.get(k)) for k in _GENERATION_KEYS if old.get(k) != protocol.get(k)}
+        if diff:
+            raise ValueError(f"{bench_dir} holds samples generated with other settings {diff}: "
+                             "use another --output_dir (or --overwrite to discard them)")
+    else:
+        bench_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(protocol, indent=2))
+
+
+@dataclass
+class EvalStats:
+    generated: int = 0
+    seconds: float = 0.0
+
+    @property
+    def samples_per_second(self) -> float | None:
+        return self.generated / self.seconds if self.seconds > 0 else None
+
+
+def run_benchmark(backend: Backend, tokenizer, questions: list[Question], benchmark: str, budgets: list[Budget],
+                  n_samples: int, protocol: Protocol, bench_dir: Path, batch_size: int = 16,
+                  shard_index: int = 0, num_shards: int = 1, progress: bool = True,
+                  stop_after: int | None = None, eos_ids: list[int] | None = None) -> EvalStats:
+    """Generate and grade every missing (question, sample, budget) of this shard, appending to the JSONL.
+
+    Work goes in chunks of `batch_size` samples, each chunk appended and fsynced before the next starts, so an
+    interruption loses at most one chunk. `stop_after` (tests) stops after that many chunks, like a kill.
+    """
+    from tqdm.auto import tqdm
+
+    check_protocol(bench_dir, {**asdict(protocol), "benchmark": benchmark})
+    out_path = bench_dir / ("samples.jsonl" if num_shards == 1 else f"samples.shard{shard_index}.jsonl")
+    done = {record_key(r) for r in read_records(bench_dir)}
+    think_end_id = tokenizer.convert_tokens_to_ids("</think>")
+    if think_end_id is None or think_end_id == tokenizer.unk_token_id:
+        raise ValueError("the tokenizer has no `</think>` token: thinking budgets and token splits need one")
+    exit_ids = tokenizer.encode(protocol.exit_text, add_special_tokens=False)
+    eos_ids = eos_ids or eos_token_ids(tokenizer)
+    prompts = {q.id: build_prompt(tokenizer, q.question, protocol.prompt_template, protocol.system_prompt,
+                                  protocol.chat_template_kwargs) for q in questions}
+
+    pending = [(budget, q, i) for budget in budgets for qi, q in enumerate(questions) if qi % num_shards == shard_index
+               for i in range(n_samples) if (q.id, i, budget.key) not in done]
+    stats = EvalStats()
+    bar = tqdm(total=len(pending), desc=f"{benchmark}", unit="sample", disable=not progress)
+    chunks = 0
+    for start in range(0, len(pending), batch_size):
+        chunk = pending[start : start + batch_size]
+        records = []
+        t0 = time.perf_counter()
+        for budget in dict.fromkeys(b for b, _, _ in chunk):  # one back-end call group per budget
+            items = [(q, i) for b, q, i in chunk if b == budget]
+            seeds = [sample_seed(protocol.seed, benchmark, q.id, i) for q, i in items]
+            outs = generate_completions(backend, [prompts[q.id][1] for q, _ in items], seeds, budget,
+                                        protocol.max_tokens, protocol.answer_max_tokens, eos_ids, think_end_id,
+                                        exit_ids)
+            for (q, i), seed, comp in zip(items, seeds, outs, strict=True):
+                text = tokenizer.decode(comp.ids, skip_special_tokens=True)
+                extracted, correct = grade(text, q.answer, q.kind, protocol.require_thinking)
+                counts = count_tokens(comp.ids, think_end_id, comp.injected_at, comp.injected_len)
+                records.append({
+                    "benchmark": benchmark, "question_id": q.id, "sample_index": i, "budget": budget.key,
+                    "seed": seed, "kind": q.kind, "prompt": prompts[q.id][0], "completion": text,
+                    "completion_ids": comp.ids, "extracted": extracted, "gold": q.answer, "correct": correct,
+                    **asdict(counts), "truncated": comp.truncated, "forced_exit": comp.forced_exit,
+                })
+        stats.seconds += time.perf_counter() - t0
+        stats.generated += len(records)
+        _append(out_path, records)
+        bar.update(len(records))
+        chunks += 1
+        if stop_after is not None and chunks >= stop_after:
+            break
+    bar.close()
+    return stats
+
+
+def eos_token_ids(tokenizer, generation_config=None) -> list[int]:
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    extra = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    ids += extra if isinstance(extra, list) else ([extra] if extra is not None else [])
+    return list(dict.fromkeys(ids))
+
+
+def regrade_records(records: list[dict], require_thinking: bool = True) -> list[dict]:
+    """Grade stored completions again (new grader, new gold) without generating."""
+    out = []
+    for r in records:
+        extracted, correct = grade(r["completion"], r["gold"], r.get("kind", "math"), require_thinking)
+        out.append({**r, "extracted": extracted, "correct": correct})
+    return out
+
+
+def regrade_dir(bench_dir: Path, require_thinking: bool = True) -> None:
+    for path in sorted(bench_dir.glob("samples*.jsonl")):
+        records = regrade_records(read_records_file(path), require_thinking)
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        tmp.replace(path)
+
+
+def pass_at_1(per_question: dict[str, list[bool]]) -> tuple[float, float | None]:
+    """pass@1 = mean over questions of the per-question mean accuracy over its samples; standard error =
+    sample std (ddof 1) of those per-question means / sqrt(#questions) (None with one question)."""
+    means = [sum(v) / len(v) for v in per_question.values() if v]
+    if not means:
+        return float("nan"), None
+    acc = sum(means) / len(means)
+    if len(means) < 2:
+        return acc, None
+    var = sum((m - acc) ** 2 for m in means) / (len(means) - 1)
+    return acc, math.sqrt(var / len(means))
+
+
+def summarize_records(records: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per-budget statistics: pass@1 (fraction) with its standard error, token means, limit hits."""
+    by_budget: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_budget[r["budget"]].append(r)
+    out = {}
+    for key, rows in sorted(by_budget.items(), key=lambda kv: _budget_order(kv[0])):
+        per_q: dict[str, list[bool]] = defaultdict(list)
+        for r in rows:
+            per_q[r["question_id"]].append(bool(r["correct"]))
+        acc, se = pass_at_1(per_q)
+        n = len(rows)
+        counts = [len(v) for v in per_q.values()]
+        budget = Budget.parse(key)
+        out[key] = {
+            "budget_kind": budget.kind, "budget": budget.value,
+            "accuracy": acc, "accuracy_stderr": se,
+            "n_questions": len(per_q), "n_samples": n,
+            "samples_per_question": min(counts) if min(counts) == max(counts) else [min(counts), max(counts)],
+            "mean_tokens": sum(r["num_tokens"] for r in rows) / n,
+            "mean_thinking_tokens": sum(r["thinking_tokens"] for r in rows) / n,
+            "mean_answer_tokens": sum(r["answer_tokens"] for r in rows) / n,
+            "mean_injected_tokens": sum(r["injected_tokens"] for r in rows) / n,
+            "truncated": sum(bool(r["truncated"]) for r in rows),
+            "truncated_rate": sum(bool(r["truncated"]) for r in rows) / n,
+            "forced_exits": sum(bool(r["forced_exit"]) for r in rows),
+            "closed_thinking_rate": sum(bool(r["closed_thinking"]) for r in rows) / n,
+            "answered_rate": sum(r["extracted"] is not None for r in rows) / n,
+        }
+    return out
+
+
+def _budget_order(key: str) -> tuple[int, int]:
+    b = Budget.parse(key)
+    return ({"full": 0, "thinking": 1, "max_tokens": 2}[b.kind], b.value or 0)
+
+
+def write_summary(bench_dir: Path, benchmark: str, protocol: dict, n_samples: int, source: dict,
+                  throughput: dict | None = None) -> dict:
+    summary = {"benchmark": benchmark, "source": source, "protocol": {**protocol, "samples_per_question": n_samples},
+               "budgets": summarize_records(read_records(bench_dir))}
+    if throughput:
+        summary["throughput"] = throughput
+    (bench_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def write_run_summary(output_dir: Path, run_name: str, summaries: dict[str, dict]) -> dict:
+    """Merge with benchmarks summarised by earlier invocations into `<output_dir>/summary.json`."""
+    path = output_dir / "summary.json"
+    run = json.loads(path.read_text()) if path.exists() else {"run": run_name, "benchmarks": {}}
+    run["run"] = run_name
+    run["benchmarks"].update(summaries)
+    path.write_text(json.dumps(run, indent=2))
+    return run

@@ -1,0 +1,77 @@
+"""Grading of one completion against its gold, and per-sample token accounting (pure functions).
+
+Math answers go through the project's grader (`rewards.accuracy`: last `\\boxed{}` after `</think>`, compared
+with math-verify); multiple-choice answers (GPQA) are a letter in the last `\\boxed{}` after `</think>`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_LATEX_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textsf|texttt)\s*\{([^{}]*)\}")
+_CHOICE = re.compile(r"^\$?\(?\s*([A-J])\s*\)?(?:[\s.:)$].*)?$", re.DOTALL)
+
+
+def normalize_choice(content: str | None, letters: str = "ABCD") -> str | None:
+    """An option letter from a boxed answer: `C`, `(C)`, `\\text{C}`, `C) 3.2 eV`, `C. text`; else None."""
+    if content is None:
+        return None
+    while _LATEX_WRAPPER.search(content):
+        content = _LATEX_WRAPPER.sub(r"\1", content)
+    match = _CHOICE.match(content.strip())
+    return match.group(1) if match and match.group(1) in letters else None
+
+
+def extract_choice(completion: str, require_thinking: bool = True, letters: str = "ABCD") -> str | None:
+    """The option letter in the last `\\boxed{}` after `</think>` (extraction shared with rewards.accuracy)."""
+    from rewards.accuracy import extract_answer
+
+    return normalize_choice(extract_answer(completion, require_thinking), letters)
+
+
+def grade(completion: str, gold: str, kind: str = "math", require_thinking: bool = True) -> tuple[str | None, bool]:
+    """(extracted answer, correct) for one completion. `kind` is "math" or "choice" (gold is a letter).
+
+    Math goes to the project's grader (rewards.accuracy: math-verify with a hard timeout). Letters are graded
+    here, a little more leniently than the training reward (`C) 3.2 eV` counts as C), since evaluation of
+    multiple choice should not depend on how much of the option text the model copies into the box.
+    """
+    if kind == "choice":
+        letter = extract_choice(completion, require_thinking)
+        return letter, letter is not None and letter == gold.strip().strip("()").upper()
+    from rewards.accuracy import extract_answer, is_correct
+
+    return extract_answer(completion, require_thinking), bool(is_correct(completion, gold, require_thinking))
+
+
+@dataclass(frozen=True)
+class TokenCounts:
+    """Per-sample token accounting; `num_tokens = thinking_tokens + injected_tokens + answer_tokens`.
+
+    thinking_tokens: model tokens up to and including the first `</think>` the model wrote; for a forced exit,
+    exactly the B model tokens before the injected exit text. injected_tokens: the S-GRPO exit text (0 unless
+    forced). answer_tokens: model tokens after `</think>` (eos included, as in TRL's completion lengths).
+    """
+
+    num_tokens: int
+    thinking_tokens: int
+    answer_tokens: int
+    injected_tokens: int = 0
+    closed_thinking: bool = False
+
+
+def count_tokens(completion_ids: list[int], think_end_id: int | None, injected_at: int | None = None,
+                 injected_len: int = 0) -> TokenCounts:
+    """Split completion ids into thinking / injected / answer tokens.
+
+    `injected_at` is the index where the forced-exit text starts (= B) and `injected_len` its length.
+    Without a `</think>` token the whole completion counts as thinking (the model never answered).
+    """
+    n = len(completion_ids)
+    if injected_at is not None:
+        return TokenCounts(n, injected_at, n - injected_at - injected_len, injected_len, True)
+    if think_end_id is not None and think_end_id in completion_ids:
+        thinking = completion_ids.index(think_end_id) + 1
+        return TokenCounts(n, thinking, n - thinking, 0, True)
+    return TokenCounts(n, n, 0, 0, False)

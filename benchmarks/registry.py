@@ -1,0 +1,184 @@
+"""Benchmark registry: hub names, splits and column mapping in ONE place, plus generic question loading.
+
+Every benchmark becomes a list of `Question(id, question, answer, kind)`: `question` is the text that goes
+into the prompt template, `answer` the gold string the grader compares with (a letter for multiple choice).
+Real runs load by hub name with `datasets.load_dataset`; tests pass local files shaped like the hub rows
+(`path=`), so the same column mapping is exercised without a download.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+CHOICE_LETTERS = "ABCDEFGHIJ"
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    question: str
+    answer: str
+    kind: str = "math"  # "math" (math-verify) or "choice" (gold is a letter)
+
+
+def normalize_gold(value: Any) -> str:
+    """Gold answers as strings; hub floats such as AMC23's `27.0` become `27` (math-verify sees no `.0`)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def gsm8k_gold(answer: str) -> str:
+    """GSM8K's gold is the text after `####` in its worked solution (thousands separators removed)."""
+    if "####" not in answer:
+        raise ValueError(f"GSM8K answer has no '####' marker: {answer[-80:]!r}")
+    return answer.split("####")[-1].strip().replace(",", "")
+
+
+def gpqa_options(row: dict, seed: int, question_id: str) -> tuple[str, str]:
+    """GPQA rows hold one correct and three incorrect answers: shuffle them with a per-question seed.
+
+    The shuffle depends only on (seed, question id), so every run and every sample sees the same option order
+    and the gold letter is reproducible. Returns (question text with lettered options, gold letter).
+    """
+    options = [row["Correct Answer"]] + [row[f"Incorrect Answer {i}"] for i in (1, 2, 3)]
+    options = [str(o).strip() for o in options]
+    order = list(range(len(options)))
+    random.Random(f"{seed}|{question_id}").shuffle(order)
+    lines = [f"({CHOICE_LETTERS[pos]}) {options[src]}" for pos, src in enumerate(order)]
+    gold = CHOICE_LETTERS[order.index(0)]
+    return f"{str(row['Question']).strip()}\n\n" + "\n".join(lines), gold
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Where a benchmark lives on the hub and how its rows map onto `Question`."""
+
+    name: str
+    hub_name: str
+    split: str
+    question_column: str
+    answer_column: str
+    config: str | None = None
+    id_column: str | None = None
+    kind: str = "math"
+    gold_fn: Callable[[Any], str] = normalize_gold
+    # Custom row -> (question, answer) builder (GPQA's lettered options); overrides the two columns.
+    row_fn: Callable[[dict, int, str], tuple[str, str]] | None = None
+    display: str = ""
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    spec.name: spec
+    for spec in [
+        BenchmarkSpec("gsm8k", "openai/gsm8k", "test", "question", "answer", config="main",
+                      gold_fn=lambda a: gsm8k_gold(str(a)), display="GSM8K"),
+        BenchmarkSpec("math500", "HuggingFaceH4/MATH-500", "test", "problem", "answer",
+                      id_column="unique_id", display="MATH-500", aliases=("math-500", "math_500")),
+        BenchmarkSpec("amc23", "math-ai/amc23", "test", "question", "answer", id_column="id",
+                      display="AMC23", aliases=("amc2023", "amc")),
+        BenchmarkSpec("aime24", "HuggingFaceH4/aime_2024", "train", "problem", "answer", id_column="id",
+                      display="AIME24", aliases=("aime2024", "aime_2024")),
+        BenchmarkSpec("aime25", "math-ai/aime25", "test", "problem", "answer", id_column="id",
+                      display="AIME25", aliases=("aime2025", "aime_2025")),
+        BenchmarkSpec("gpqa_diamond", "Idavidrein/gpqa", "train", "Question", "Correct Answer",
+                      config="gpqa_diamond", id_column="Record ID", kind="choice", row_fn=gpqa_options,
+                      display="GPQA-D", aliases=("gpqa", "gpqa-d", "gpqa-diamond")),
+    ]
+}
+_ALIASES = {alias: spec.name for spec in BENCHMARKS.values() for alias in (spec.name, *spec.aliases)}
+
+# Samples per question (pass@1 is averaged over them). S-GRPO (2505.07686) evaluation: 16 for AIME24 and
+# AMC23, 8 for MATH-500 and GPQA-D, 4 for GSM8K. GFPO (2508.09726): AIME 32, GPQA 5.
+PROTOCOL_SAMPLES: dict[str, dict[str, int]] = {
+    "sgrpo": {"gsm8k": 4, "math500": 8, "amc23": 16, "aime24": 16, "aime25": 16, "gpqa_diamond": 8},
+    "gfpo": {"gsm8k": 4, "math500": 8, "amc23": 16, "aime24": 32, "aime25": 32, "gpqa_diamond": 5},
+}
+
+
+def resolve_benchmark(name: str) -> BenchmarkSpec:
+    key = _ALIASES.get(name.lower())
+    if key is None:
+        raise ValueError(f"Unknown benchmark {name!r}: use one of {sorted(BENCHMARKS)} or a local .jsonl path")
+    return BENCHMARKS[key]
+
+
+def display_name(name: str) -> str:
+    key = _ALIASES.get(name.lower())
+    return BENCHMARKS[key].display if key else name
+
+
+def is_local_source(source: str) -> bool:
+    return Path(source).suffix.lower() in LOCAL_SUFFIXES or Path(source).exists()
+
+
+def load_any(source: str, split: str | None = None, config: str | None = None, revision: str | None = None):
+    """A `datasets.Dataset` from a hub name (with config/split/revision) or a local .jsonl/.json/.parquet/.csv.
+
+    Local files have a single split, `train`, whatever `split` says (datasets' convention for data_files).
+    """
+    from datasets import load_dataset
+
+    if is_local_source(source):
+        suffix = Path(source).suffix.lower()
+        if suffix not in LOCAL_SUFFIXES:
+            raise ValueError(f"Local dataset {source!r}: unsupported suffix, use one of {sorted(LOCAL_SUFFIXES)}")
+        return load_dataset(LOCAL_SUFFIXES[suffix], data_files=str(source), split="train")
+    return load_dataset(source, config, split=split or "train", revision=revision)
+
+
+def load_questions(source: str, split: str | None = None, config: str | None = None,
+                   question_column: str = "question", answer_column: str = "answer",
+                   id_column: str | None = None, revision: str | None = None):
+    """Load a dataset by hub name or local path into columns `id`, `question`, `answer` (strings).
+
+    Reusable by scripts/train.py: returns a `datasets.Dataset` (memory-mapped, fine for DeepMath-103K).
+    A missing column raises a ValueError naming the columns that exist.
+    """
+    ds = load_any(source, split=split, config=config, revision=revision)
+    for role, col in (("question_column", question_column), ("answer_column", answer_column), ("id_column", id_column)):
+        if col is not None and col not in ds.column_names:
+            raise ValueError(f"{role}={col!r} is not a column of {source!r}; columns: {ds.column_names}")
+
+    def convert(row, idx):
+        qid = str(row[id_column]) if id_column else str(idx)
+        return {"id": qid, "question": str(row[question_column]), "answer": normalize_gold(row[answer_column])}
+
+    return ds.map(convert, with_indices=True, remove_columns=ds.column_names)
+
+
+def load_benchmark(name: str, path: str | None = None, limit: int | None = None, choice_seed: int = 0,
+                   question_column: str = "question", answer_column: str = "answer",
+                   revision: str | None = None) -> list[Question]:
+    """Questions of a registered benchmark (by hub name, or from `path` shaped like the hub rows), or of a
+    local file given as `name` itself (generic question/answer columns)."""
+    if name.lower() not in _ALIASES and is_local_source(name):
+        ds = load_questions(name, question_column=question_column, answer_column=answer_column)
+        rows = [Question(r["id"], r["question"], r["answer"]) for r in ds]
+        return rows[:limit] if limit else rows
+    spec = resolve_benchmark(name)
+    ds = load_any(path or spec.hub_name, split=spec.split, config=spec.config, revision=revision)
+    needed = [spec.id_column] if spec.id_column else []
+    needed += ["Question", "Correct Answer"] if spec.row_fn else [spec.question_column, spec.answer_column]
+    missing = [c for c in needed if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{spec.name}: columns {missing} missing from {path or spec.hub_name}; got {ds.column_names}")
+    questions = []
+    for idx, row in enumerate(ds):
+        if limit and len(questions) >= limit:
+            break
+        qid = f"{spec.name}-{row[spec.id_column] if spec.id_column else idx}"
+        if spec.row_fn:
+            text, gold = spec.row_fn(row, choice_seed, qid)
+        else:
+            text, gold = str(row[spec.question_column]), spec.gold_fn(row[spec.answer_column])
+        questions.append(Question(qid, text, gold, spec.kind))
+    ids = [q.id for q in questions]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{spec.name}: duplicate question ids in {path or spec.hub_name}")
+    return questions

@@ -1,0 +1,375 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint (full model or LoRA adapter) on the papers' benchmarks or a local JSONL.
+
+    python scripts/evaluate.py --model Qwen/Qwen3-8B --benchmarks gsm8k,math500,aime24 --backend vllm \
+        --tensor_parallel_size 2 --data_parallel_size 4
+    python scripts/evaluate.py --config recipes/eval/sgrpo.yaml --model outputs/qwen3-8b-sgrpo
+    python scripts/evaluate.py --model M --benchmarks aime24 --thinking_budgets 4096,8192 --no_full
+    python scripts/evaluate.py --output_dir outputs/eval/M --regrade        # grade stored samples again
+
+Outputs under --output_dir: `<benchmark>/samples*.jsonl` (one line per sample), `<benchmark>/summary.json`
+and the run's `summary.json` (read by scripts/report.py). Re-running the same command resumes: samples already
+written (question id, sample index, budget) are kept and only the missing ones are generated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.evaluation import (  # noqa: E402
+    DEFAULT_TEMPLATE,
+    Protocol,
+    eos_token_ids,
+    regrade_dir,
+    run_benchmark,
+    write_run_summary,
+    write_summary,
+)
+from benchmarks.generation import EXIT_TEXT, Budget  # noqa: E402
+from benchmarks.registry import PROTOCOL_SAMPLES, is_local_source, load_benchmark, resolve_benchmark  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--config", help="YAML file whose keys are these options (flag names without dashes); flags override it")
+    a("--model", help="hub name or local dir; a dir with adapter_config.json is a LoRA adapter on its base")
+    a("--base_model", help="base model of a LoRA adapter (default: base_model_name_or_path in adapter_config.json)")
+    a("--tokenizer", help="tokenizer path (default: the model's, or the adapter dir's when it has one)")
+    a("--revision", help="model revision (hub branch, tag or commit), recorded in the protocol")
+    a("--benchmarks", default="gsm8k",
+      help="comma list of registry names (gsm8k, math500, amc23, aime24, aime25, gpqa_diamond) or local .jsonl paths")
+    a("--benchmark_files", default="",
+      help="name=path,... : load a registry benchmark from a local file shaped like its hub rows")
+    a("--question_column", default="question", help="question column of a local JSONL benchmark")
+    a("--answer_column", default="answer", help="answer column of a local JSONL benchmark")
+    a("--limit", type=int, help="evaluate only the first N questions of each benchmark")
+    a("--output_dir", help="default: outputs/eval/<model name>")
+    a("--run_name", help="label of this run in reports (default: the output dir's name)")
+    a("--protocol", default="sgrpo", choices=sorted(PROTOCOL_SAMPLES),
+      help="default samples per question: sgrpo = S-GRPO's 16 AIME24/AMC23, 8 MATH-500/GPQA-D, 4 GSM8K; "
+           "gfpo = GFPO's 32 AIME, 5 GPQA")
+    a("--num_samples", type=int, help="samples per question for every benchmark (overrides --protocol)")
+    a("--samples", default="", help="per-benchmark samples, name=n,... (overrides --num_samples for those)")
+    a("--temperature", type=float, default=0.6)
+    a("--top_p", type=float, default=0.95)
+    a("--top_k", type=int, default=0, help="0 = off")
+    a("--max_tokens", type=int, default=32768, help="max generated tokens (the 'full' budget)")
+    a("--answer_max_tokens", type=int, default=1024,
+      help="max answer tokens after `</think>` under a thinking budget (S-GRPO does not give its value)")
+    a("--seed", type=int, default=0, help="run seed; each sample's seed is derived from it and its (question, index)")
+    a("--choice_seed", type=int, default=0, help="seed of GPQA's option shuffle (fixed across runs)")
+    a("--prompt_template", default=DEFAULT_TEMPLATE, help="`{question}` is replaced by the question")
+    a("--system_prompt", default=None)
+    a("--chat_template_kwargs", default="{}", help='JSON, e.g. {"enable_thinking": true}')
+    a("--exit_text", default=EXIT_TEXT, help="text injected at a forced exit (S-GRPO's, verbatim)")
+    a("--no_require_thinking", action="store_true",
+      help="grade the whole completion when `</think>` is missing (non-thinking models)")
+    a("--thinking_budgets", default="", help="comma list of B: stop thinking at B tokens, inject the exit text")
+    a("--max_tokens_budgets", default="", help="comma list of N: plain generation budgets (cut at N tokens)")
+    a("--no_full", action="store_true", help="skip the unbudgeted run (max_tokens) when sweeping budgets")
+    a("--backend", default="transformers", choices=["transformers", "vllm"])
+    a("--dtype", default="auto", help="auto, bfloat16, float16, float32")
+    a("--batch_size", type=int, help="samples per generate call and per resume chunk (16 transformers, 2048 vLLM)")
+    a("--tensor_parallel_size", type=int, default=1, help="vLLM tensor parallel GPUs per engine")
+    a("--data_parallel_size", type=int, default=1,
+      help="engines in parallel, each on tensor_parallel_size GPUs and a shard of the questions")
+    a("--gpu_memory_utilization", type=float, default=0.9)
+    a("--max_model_len", type=int, help="vLLM context (default: prompt room + max tokens)")
+    a("--enforce_eager", action="store_true", help="vLLM eager mode (CPU tests)")
+    a("--regrade", action="store_true", help="grade the stored samples again; no model is loaded")
+    a("--overwrite", action="store_true", help="discard samples already in --output_dir")
+    a("--no_progress", action="store_true")
+    a("--shard_index", type=int, default=0, help=argparse.SUPPRESS)
+    a("--num_shards", type=int, default=1, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    cfg_parser = argparse.ArgumentParser(add_help=False)
+    cfg_parser.add_argument("--config")
+    known, _ = cfg_parser.parse_known_args(argv)
+    if known.config:
+        import yaml
+
+        config = yaml.safe_load(Path(known.config).read_text()) or {}
+        dests = {action.dest for action in parser._actions}
+        unknown = sorted(set(config) - dests)
+        if unknown:
+            raise ValueError(f"{known.config}: unknown keys {unknown}; valid keys are the flags of scripts/evaluate.py")
+        for key, value in config.items():
+            if isinstance(value, dict) and key == "samples":
+                config[key] = ",".join(f"{k}={v}" for k, v in value.items())
+            elif isinstance(value, list):
+                config[key] = ",".join(str(v) for v in value)
+            elif isinstance(value, dict):
+                config[key] = json.dumps(value)
+        parser.set_defaults(**config)
+    args = parser.parse_args(argv)
+    validate(args)
+    return args
+
+
+def _int_list(value: str, key: str) -> list[int]:
+    try:
+        values = [int(v) for v in str(value).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{key}: expected comma-separated integers, got {value!r}") from None
+    if any(v < 1 for v in values):
+        raise ValueError(f"--{key}: budgets must be >= 1, got {values}")
+    return values
+
+
+def _pairs(value: str, key: str) -> dict[str, str]:
+    out = {}
+    for item in filter(None, (s.strip() for s in str(value).split(","))):
+        if "=" not in item:
+            raise ValueError(f"--{key}: expected name=value items, got {item!r}")
+        name, val = item.split("=", 1)
+        out[name.strip()] = val.strip()
+    return out
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Fail before any model loads, naming the option and the fix."""
+    if not args.regrade and not args.model:
+        raise ValueError("--model is required (a hub name, a local checkpoint or a LoRA adapter dir)")
+    if args.regrade and not args.output_dir:
+        raise ValueError("--regrade needs --output_dir (the directory of the run to grade again)")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise ValueError(f"--top_p must be in (0, 1], got {args.top_p}")
+    for key in ("max_tokens", "answer_max_tokens", "tensor_parallel_size", "data_parallel_size"):
+        if getattr(args, key) < 1:
+            raise ValueError(f"--{key} must be >= 1, got {getattr(args, key)}")
+    if "{question}" not in args.prompt_template:
+        raise ValueError("--prompt_template must contain `{question}`")
+    try:
+        args.chat_template_kwargs = json.loads(args.chat_template_kwargs) if isinstance(
+            args.chat_template_kwargs, str) else dict(args.chat_template_kwargs)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--chat_template_kwargs must be a JSON object: {err}") from None
+    args.budgets = ([] if args.no_full else [Budget("full")]) + \
+        [Budget("thinking", b) for b in _int_list(args.thinking_budgets, "thinking_budgets")] + \
+        [Budget("max_tokens", b) for b in _int_list(args.max_tokens_budgets, "max_tokens_budgets")]
+    if not args.budgets:
+        raise ValueError("--no_full needs --thinking_budgets or --max_tokens_budgets (nothing to evaluate)")
+    args.benchmark_list = [b.strip() for b in str(args.benchmarks).split(",") if b.strip()]
+    for name in args.benchmark_list:
+        if not is_local_source(name):
+            resolve_benchmark(name)  # raises with the list of valid names
+    args.benchmark_file_map = {resolve_benchmark(k).name: v for k, v in _pairs(args.benchmark_files, "benchmark_files").items()}
+    args.sample_map = {bench_key(k): int(v) for k, v in _pairs(args.samples, "samples").items()}
+    if args.backend == "transformers" and args.tensor_parallel_size > 1:
+        raise ValueError("--tensor_parallel_size > 1 needs --backend vllm")
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ValueError(f"--num_samples must be >= 1, got {args.num_samples}")
+    if args.output_dir is None:
+        args.output_dir = str(Path("outputs/eval") / Path(str(args.model).rstrip("/")).name)
+    args.run_name = args.run_name or Path(args.output_dir).name
+    if args.batch_size is None:
+        args.batch_size = 2048 if args.backend == "vllm" else 16
+
+
+def bench_key(name: str) -> str:
+    return Path(name).stem if is_local_source(name) else resolve_benchmark(name).name
+
+
+def samples_for(args, name: str) -> int:
+    key = bench_key(name)
+    if key in args.sample_map:
+        return args.sample_map[key]
+    if args.num_samples is not None:
+        return args.num_samples
+    return PROTOCOL_SAMPLES[args.protocol].get(key, 1)
+
+
+def source_of(args, name: str) -> dict:
+    if is_local_source(name):
+        return {"path": name, "question_column": args.question_column, "answer_column": args.answer_column}
+    spec = resolve_benchmark(name)
+    if spec.name in args.benchmark_file_map:
+        return {"path": args.benchmark_file_map[spec.name], "shaped_like": spec.hub_name}
+    return {"hub_name": spec.hub_name, "config": spec.config, "split": spec.split}
+
+
+def resolve_model(args) -> tuple[str, str | None, str]:
+    """(model path to load, adapter dir or None, tokenizer path)."""
+    adapter_cfg = Path(args.model) / "adapter_config.json"
+    if adapter_cfg.exists():
+        base = args.base_model or json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+        has_tok = any((Path(args.model) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+        return base, args.model, args.tokenizer or (args.model if has_tok else base)
+    return args.model, None, args.tokenizer or args.model
+
+
+def load_transformers(model_path: str, adapter: str | None, revision: str | None, dtype: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_path, revision=revision, dtype=torch_dtype)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()  # merged: plain generate speed
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval()
+
+
+def merged_adapter_dir(args, model_path: str, adapter: str, tokenizer) -> str:
+    """vLLM loads one directory: merge the LoRA adapter into its base once, under the output dir."""
+    out = Path(args.output_dir) / "_merged_model"
+    if not (out / "config.json").exists():
+        model = load_transformers(model_path, adapter, args.revision, args.dtype).to("cpu")
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def spawn_shards(args, argv: list[str]) -> None:
+    """Data parallel: one child process per shard of the questions, each on its own GPUs."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = visible.split(",") if visible else [str(i) for i in range(args.data_parallel_size * args.tensor_parallel_size)]
+    procs = []
+    for i in range(args.data_parallel_size):
+        env = dict(os.environ)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * args.tensor_parallel_size : (i + 1) * args.tensor_parallel_size])
+        cmd = [sys.executable, __file__, *argv, "--data_parallel_size", "1", "--shard_index", str(i),
+               "--num_shards", str(args.data_parallel_size)]
+        procs.append(subprocess.Popen(cmd, env=env))
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise SystemExit(f"data-parallel shards failed with exit codes {codes}; rerun to resume")
+
+
+def protocol_of(args, model_path: str, adapter: str | None) -> Protocol:
+    return Protocol(model=args.model, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                    max_tokens=args.max_tokens, answer_max_tokens=args.answer_max_tokens, seed=args.seed,
+                    prompt_template=args.prompt_template, system_prompt=args.system_prompt,
+                    chat_template_kwargs=args.chat_template_kwargs, exit_text=args.exit_text,
+                    require_thinking=not args.no_require_thinking, choice_seed=args.choice_seed,
+                    revision=args.revision, adapter_base=model_path if adapter else None, backend=args.backend,
+                    dtype=args.dtype)
+
+
+def print_summaries(summaries: dict[str, dict]) -> None:
+    print(f"{'benchmark':<16}{'budget':<18}{'pass@1 (%)':>16}{'tokens':>10}{'think':>9}{'answer':>8}"
+          f"{'truncated':>11}{'forced':>8}{'samples/s':>11}")
+    for bench, summary in summaries.items():
+        tput = (summary.get("throughput") or {}).get("samples_per_second")
+        for key, s in summary["budgets"].items():
+            se = f" ± {100 * s['accuracy_stderr']:.1f}" if s["accuracy_stderr"] is not None else ""
+            print(f"{bench:<16}{key:<18}{100 * s['accuracy']:>10.1f}{se:<6}{s['mean_tokens']:>10.1f}"
+                  f"{s['mean_thinking_tokens']:>9.1f}{s['mean_answer_tokens']:>8.1f}"
+                  f"{s['truncated']:>6}/{s['n_samples']:<4}{s['forced_exits']:>8}"
+                  f"{(f'{tput:.2f}' if tput else '-'):>11}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    out_dir = Path(args.output_dir)
+
+    if args.regrade:
+        summaries = {}
+        for bench_dir in sorted(p for p in out_dir.iterdir() if (p / "protocol.json").exists()):
+            protocol = json.loads((bench_dir / "protocol.json").read_text())
+            regrade_dir(bench_dir, protocol.get("require_thinking", True))
+            old = json.loads((bench_dir / "summary.json").read_text()) if (bench_dir / "summary.json").exists() else {}
+            n = old.get("protocol", {}).get("samples_per_question")
+            summaries[bench_dir.name] = write_summary(bench_dir, bench_dir.name, protocol, n, old.get("source", {}))
+        print_summaries(summaries)
+        return write_run_summary(out_dir, args.run_name, summaries)
+
+    if args.overwrite and out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    model_path, adapter, tokenizer_path = resolve_model(args)
+    protocol = protocol_of(args, model_path, adapter)
+    gen_stats: dict[str, dict] = {}
+    if args.data_parallel_size > 1 and args.num_shards == 1:
+        spawn_shards(args, argv)
+    else:
+        gen_stats = generate(args, out_dir, model_path, adapter, tokenizer_path, protocol)
+        if args.num_shards > 1:
+            return {}  # the parent process writes the summaries
+
+    summaries = {}
+    for name in args.benchmark_list:
+        key = bench_key(name)
+        tput = gen_stats.get(key)
+        summaries[key] = write_summary(out_dir / key, key, asdict(protocol), samples_for(args, name),
+                                       source_of(args, name), tput if tput and tput["samples_generated"] else None)
+    print_summaries(summaries)
+    return write_run_summary(out_dir, args.run_name, summaries)
+
+
+def generate(args, out_dir: Path, model_path: str, adapter: str | None, tokenizer_path: str,
+             protocol: Protocol) -> dict[str, dict]:
+    """Load the back-end once, then generate and grade every benchmark's missing samples."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, revision=None if adapter else args.revision)
+    try:
+        generation_config = GenerationConfig.from_pretrained(model_path, revision=args.revision)
+    except (OSError, ValueError):
+        generation_config = None
+    eos = eos_token_ids(tokenizer, generation_config)
+    if args.backend == "vllm":
+        from benchmarks.generation import VLLMBackend
+
+        path = merged_adapter_dir(args, model_path, adapter, tokenizer) if adapter else model_path
+        backend = VLLMBackend(path, tokenizer=path if adapter else tokenizer_path, revision=args.revision,
+                              tensor_parallel_size=args.tensor_parallel_size, dtype=args.dtype,
+                              max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+                              enforce_eager=args.enforce_eager, seed=args.seed, temperature=args.temperature,
+                              top_p=args.top_p, top_k=args.top_k)
+    else:
+        from benchmarks.generation import TransformersBackend
+
+        model = load_transformers(model_path, adapter, args.revision, args.dtype)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        backend = TransformersBackend(model, pad, args.temperature, args.top_p, args.top_k, args.batch_size)
+    gen_stats = {}
+    for name in args.benchmark_list:
+        key = bench_key(name)
+        questions = load_benchmark(name, path=args.benchmark_file_map.get(key), limit=args.limit,
+                                   choice_seed=args.choice_seed, question_column=args.question_column,
+                                   answer_column=args.answer_column)
+        stats = run_benchmark(backend, tokenizer, questions, key, args.budgets, samples_for(args, name), protocol,
+                              out_dir / key, batch_size=args.batch_size, shard_index=args.shard_index,
+                              num_shards=args.num_shards, progress=not args.no_progress, eos_ids=eos)
+        gen_stats[key] = {"samples_generated": stats.generated, "generation_seconds": round(stats.seconds, 3),
+                          "samples_per_second": stats.samples_per_second, "backend": args.backend,
+                          "batch_size": args.batch_size, "hardware": hardware()}
+    return gen_stats
+
+
+def hardware() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+if __name__ == "__main__":
+    main()
