@@ -47,7 +47,14 @@ WRAPPED_TRL_HOOKS = (
     "_prepare_inputs",  # not overridden; drop mode relies on its shuffle + split into steps_per_generation chunks
 )
 WRAPPED_TRL_ATTRIBUTES = ("_metrics", "_logs", "num_generations", "reward_weights", "accelerator", "state")
-REQUIRED_OUTPUT_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages", "num_items_in_batch")
+REQUIRED_OUTPUT_KEYS = (
+    "prompt_ids",
+    "prompt_mask",
+    "completion_ids",
+    "completion_mask",
+    "advantages",
+    "num_items_in_batch",
+)
 STATE_FILE = "gfpo_state.json"
 # Loss types whose normaliser is `num_items_in_batch` (global tokens): for them `drop` with
 # drop_loss_normalizer="group" gives exactly the `zero` mode's policy gradient.
@@ -198,7 +205,9 @@ class GFPOConfig(GRPOConfig):
                 )
             if self.adaptive_warmup_k is None:
                 self.adaptive_warmup_k = sel.default_adaptive_warmup_k(G)
-            for name, val in [("adaptive_ks", v) for v in self.adaptive_ks] + [("adaptive_warmup_k", self.adaptive_warmup_k)]:
+            for name, val in [("adaptive_ks", v) for v in self.adaptive_ks] + [
+                ("adaptive_warmup_k", self.adaptive_warmup_k)
+            ]:
                 if not min_k <= int(val) <= G:
                     raise ValueError(
                         f"{name} contains {val}: every bucket k must satisfy {min_k} <= k <= num_generations={G}."
@@ -348,7 +357,9 @@ class GFPOTrainer(GRPOTrainer):
                 (~keep).sum()
             )
             return full, None, aux
-        return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+        return super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+        )
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -414,7 +425,6 @@ class GFPOTrainer(GRPOTrainer):
         rewards = (rewards_per_func * self.reward_weights.float().cpu().unsqueeze(0)).nansum(dim=1)
         rewards[torch.isnan(rewards_per_func).all(dim=1)] = float("nan")
         R = rewards.view(-1, G)
-        B = R.shape[0]
 
         bucket = None
         if args.adaptive_difficulty:
@@ -543,8 +553,9 @@ class GFPOTrainer(GRPOTrainer):
             if new.get(key) is not None:
                 new[key] = new[key].masked_fill(pad_rows.unsqueeze(1), 0)
         new["advantages"] = new["advantages"].masked_fill(pad_rows, 0.0)
-        self._metrics["train"]["gfpo/drop_padding_rows"].append(float(self.accelerator.gather(
-            torch.tensor([n_pad], device=keep.device)).float().mean()))
+        self._metrics["train"]["gfpo/drop_padding_rows"].append(
+            float(self.accelerator.gather(torch.tensor([n_pad], device=keep.device)).float().mean())
+        )
         return new
 
     def _gfpo_write_pairs(self, R, rank, retained):
@@ -574,7 +585,9 @@ class GFPOTrainer(GRPOTrainer):
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
             os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, STATE_FILE), "w") as f:
                 json.dump(self.gfpo_state_dict(), f)
@@ -588,4 +601,6 @@ class GFPOTrainer(GRPOTrainer):
                 with open(path) as f:
                     self.load_gfpo_state_dict(json.load(f))
             elif self.difficulty_digest is not None:
-                logger.warning("Resuming from %s without %s: the difficulty digest starts empty.", checkpoint, STATE_FILE)
+                logger.warning(
+                    "Resuming from %s without %s: the difficulty digest starts empty.", checkpoint, STATE_FILE
+                )

@@ -225,7 +225,9 @@ def gfpo_advantages(
     zero_std = std_s <= zero_std_atol
     centred = rewards - mean_s.unsqueeze(1)
     if scale_rewards == "group":
-        adv_s = torch.where(zero_std.unsqueeze(1), torch.zeros_like(centred), centred / std_s.clamp(min=1e-30).unsqueeze(1))
+        adv_s = torch.where(
+            zero_std.unsqueeze(1), torch.zeros_like(centred), centred / std_s.clamp(min=1e-30).unsqueeze(1)
+        )
     elif scale_rewards == "none":
         adv_s = torch.where(zero_std.unsqueeze(1), torch.zeros_like(centred), centred)
     else:
@@ -297,7 +299,10 @@ class QuantileDigest:
         return [float(self._digest.quantile(float(q))) for q in qs]
 
     def state_dict(self) -> dict:
-        return {"max_centroids": self.max_centroids, "digest": None if self._digest.is_empty() else self._digest.to_dict()}
+        return {
+            "max_centroids": self.max_centroids,
+            "digest": None if self._digest.is_empty() else self._digest.to_dict(),
+        }
 
     def load_state_dict(self, state: Mapping) -> None:
         from fastdigest import TDigest
