@@ -185,11 +185,15 @@ class SGRPOConfig(GRPOConfig):
             self._check_serial_before()
         super().__post_init__()
         if self.serial:
-            per_rank = self.per_device_train_batch_size * self.steps_per_generation
+            self._check_whole_groups_per_rank(self.steps_per_generation)
+
+    def _check_whole_groups_per_rank(self, steps_per_generation: int | None):
+        if steps_per_generation is not None:
+            per_rank = self.per_device_train_batch_size * steps_per_generation
             if per_rank % self.num_generations:
                 raise ValueError(
                     f"per_device_train_batch_size * steps_per_generation = {self.per_device_train_batch_size} * "
-                    f"{self.steps_per_generation} = {per_rank} (one rank's generation batch) must be a multiple of "
+                    f"{steps_per_generation} = {per_rank} (one rank's generation batch) must be a multiple of "
                     f"num_generations ({self.num_generations}) so that serial groups are never split across ranks. "
                     f"Set per_device_train_batch_size to a multiple of {self.num_generations}, or make "
                     f"gradient_accumulation_steps / steps_per_generation a multiple of it."
@@ -207,6 +211,9 @@ class SGRPOConfig(GRPOConfig):
                 f"{r} * ({m} + 1) = {r * (m + 1)}: a serial group is the m early exits plus the full rollout. "
                 f"Set num_generations: {r * (m + 1)} (or change num_exits)."
             )
+        # Known before GRPOConfig derives it (which happens only when generation_batch_size is unset).
+        if self.generation_batch_size is None:
+            self._check_whole_groups_per_rank(self.steps_per_generation or self.gradient_accumulation_steps)
         if self.sgrpo_reward not in SGRPO_REWARDS:
             raise ValueError(f"sgrpo_reward must be one of {SGRPO_REWARDS}, got {self.sgrpo_reward!r}.")
         rng = self.exit_position_range
