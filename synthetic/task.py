@@ -1,0 +1,271 @@
+"""The synthetic "overthinking" task: sums of a few two-digit numbers, with verifiable answers.
+
+A question is "What is 12 + 34 + 56?". A reasoning trace (the completion, which starts *inside* the thinking,
+because the generation prompt already opens `<think>`) computes running sums one line at a time:
+
+    12+34=46
+    46+56=102
+    Wait, let me check.
+    12+34=46
+    46+56=102
+    </think>
+
+    The answer is \\boxed{102}.
+
+The miniature reproduces the three ingredients of the papers' experiment (DESIGN.md, "The synthetic benchmark"):
+- the first pass *slips* with probability `slip_prob`: one running sum is off by a small amount and the later
+  sums carry the error on, so the answer is wrong;
+- optional "Wait, let me check." passes (each with probability `recheck_prob`, at most `max_rechecks`) redo the
+  work from the question and slip only with `recheck_slip_prob`; the answer is the last pass's sum. So longer
+  traces are more often right: the pressure under which GRPO lengthens answers, and the redundancy that GFPO and
+  S-GRPO remove;
+- a share `exit_cut_prob` of traces is cut after some line by the S-GRPO exit text and answers from the latest
+  running sum (right only when the cut falls after a complete, slip-free pass). They teach the model to answer
+  from what it has computed when S-GRPO forces an early exit.
+
+Held-out questions are disjoint from every training question, and both are reproducible from a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# The exact S-GRPO exit text (S-GRPO, Sec. 3; PAPERS.md): it closes the thinking itself.
+EXIT_TEXT = "Time is limited, stop thinking and start answering.\n</think>\n\n"
+RECHECK_TEXT = "Wait, let me check."
+END_THINK = "</think>\n\n"
+# The user message is the question alone (recipes and evaluation pass `prompt_template: "{question}"`): the
+# default instruction line would double the prompt, and the tiny model's compute, for no information.
+PROMPT_TEMPLATE = "{question}"
+_SMALL_SLIPS = (-10, -2, -1, 1, 2, 10)  # a dropped/added unit or a wrong carry
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The generator's knobs; the defaults are the design's starting point (DESIGN.md)."""
+
+    min_terms: int = 3
+    max_terms: int = 5
+    low: int = 10
+    high: int = 99
+    slip_prob: float = 0.4
+    recheck_prob: float = 0.5
+    max_rechecks: int = 2
+    recheck_slip_prob: float = 0.0
+    exit_cut_prob: float = 0.15
+
+    def __post_init__(self):
+        if not 2 <= self.min_terms <= self.max_terms:
+            raise ValueError(f"TaskConfig: need 2 <= min_terms <= max_terms, got {self.min_terms}, {self.max_terms}.")
+        if not 0 <= self.low < self.high:
+            raise ValueError(f"TaskConfig: need 0 <= low < high, got low={self.low}, high={self.high}.")
+        for name in ("slip_prob", "recheck_prob", "recheck_slip_prob", "exit_cut_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"TaskConfig: `{name}` must be a probability in [0, 1], got {getattr(self, name)}.")
+        if self.max_rechecks < 0:
+            raise ValueError(f"TaskConfig: `max_rechecks` must be >= 0, got {self.max_rechecks}.")
+
+
+@dataclass
+class Trace:
+    """One question with one sampled reasoning trace and what the generator decided for it."""
+
+    numbers: tuple[int, ...]
+    question: str
+    answer: str  # gold answer
+    completion: str  # starts inside the thinking, ends with the boxed answer (no eos)
+    predicted: int  # the number the trace boxes
+    slipped: bool  # the first pass slipped
+    n_rechecks: int
+    cut: bool  # cut by the S-GRPO exit text
+    cut_after_line: int | None = None
+    pass_sums: list[int] = field(default_factory=list)
+
+    @property
+    def correct(self) -> bool:
+        return str(self.predicted) == self.answer
+
+
+def question_text(numbers) -> str:
+    return "What is " + " + ".join(str(n) for n in numbers) + "?"
+
+
+def prompt_text(question: str, template: str = PROMPT_TEMPLATE) -> str:
+    return template.replace("{question}", question)
+
+
+def sample_numbers(rng: random.Random, cfg: TaskConfig) -> tuple[int, ...]:
+    n = rng.randint(cfg.min_terms, cfg.max_terms)
+    return tuple(rng.randint(cfg.low, cfg.high) for _ in range(n))
+
+
+def running_sum_lines(numbers, slip_at: int | None = None, slip: int = 0) -> tuple[list[str], int]:
+    """One pass: "a+b=s" lines. A slip adds `slip` to the running sum of line `slip_at`; later lines build on it."""
+    lines, acc = [], numbers[0]
+    for i, x in enumerate(numbers[1:]):
+        new = acc + x + (slip if i == slip_at else 0)
+        if new < 0:  # never happens for two-digit terms; keeps the text well formed for any config
+            new = acc + x
+        lines.append(f"{acc}+{x}={new}")
+        acc = new
+    return lines, acc
+
+
+def _one_pass(numbers, rng: random.Random, slip_prob: float) -> tuple[list[str], int, bool]:
+    if rng.random() < slip_prob:
+        lines, total = running_sum_lines(numbers, rng.randrange(len(numbers) - 1), rng.choice(_SMALL_SLIPS))
+        return lines, total, True
+    lines, total = running_sum_lines(numbers)
+    return lines, total, False
+
+
+def answer_text(value) -> str:
+    return f"The answer is \\boxed{{{value}}}."
+
+
+def make_trace(numbers, rng: random.Random, cfg: TaskConfig = TaskConfig()) -> Trace:
+    """Sample one reasoning trace for `numbers` (see the module docstring for the three ingredients)."""
+    numbers = tuple(numbers)
+    gold = sum(numbers)
+    lines, total, slipped = _one_pass(numbers, rng, cfg.slip_prob)
+    sums = [total]
+    # (line text, the latest running sum once this line is written) -- the cut answers from the latter.
+    steps = [(line, int(line.rsplit("=", 1)[1])) for line in lines]
+    n_rechecks = 0
+    while n_rechecks < cfg.max_rechecks and rng.random() < cfg.recheck_prob:
+        n_rechecks += 1
+        steps.append((RECHECK_TEXT, steps[-1][1]))
+        more, total, _ = _one_pass(numbers, rng, cfg.recheck_slip_prob)
+        steps.extend((line, int(line.rsplit("=", 1)[1])) for line in more)
+        sums.append(total)
+
+    cut_after = None
+    if rng.random() < cfg.exit_cut_prob:
+        # Cut after any line but the last (a cut after the last line would be an ordinary trace).
+        candidates = [i for i in range(len(steps) - 1) if steps[i][0] != RECHECK_TEXT]
+        if candidates:
+            cut_after = rng.choice(candidates)
+    if cut_after is None:
+        thinking = "".join(text + "\n" for text, _ in steps)
+        predicted = total
+        completion = thinking + END_THINK + answer_text(predicted)
+    else:
+        thinking = "".join(text + "\n" for text, _ in steps[: cut_after + 1])
+        predicted = steps[cut_after][1]
+        completion = thinking + EXIT_TEXT + answer_text(predicted)
+    return Trace(
+        numbers=numbers,
+        question=question_text(numbers),
+        answer=str(gold),
+        completion=completion,
+        predicted=predicted,
+        slipped=slipped,
+        n_rechecks=n_rechecks,
+        cut=cut_after is not None,
+        cut_after_line=cut_after,
+        pass_sums=sums,
+    )
+
+
+def clean_trace(numbers) -> str:
+    """The shortest correct trace: one slip-free pass, no re-check, no cut."""
+    lines, total = running_sum_lines(tuple(numbers))
+    return "".join(line + "\n" for line in lines) + END_THINK + answer_text(total)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Splits: held-out questions first, training questions never among them.
+
+
+def _split_rng(seed: int, which: str) -> random.Random:
+    return random.Random(f"synthetic-sums:{seed}:{which}")
+
+
+def heldout_numbers(n: int, seed: int, cfg: TaskConfig = TaskConfig()) -> list[tuple[int, ...]]:
+    """`n` distinct held-out questions, a pure function of (n, seed, cfg)."""
+    rng, out, seen = _split_rng(seed, "heldout"), [], set()
+    while len(out) < n:
+        nums = sample_numbers(rng, cfg)
+        if nums not in seen:
+            seen.add(nums)
+            out.append(nums)
+    return out
+
+
+class TrainSampler:
+    """An endless stream of training questions that never hits a held-out one (rejection sampling)."""
+
+    def __init__(self, seed: int, heldout: list[tuple[int, ...]], cfg: TaskConfig = TaskConfig(),
+                 stream: str = "train"):
+        self.cfg, self.rng, self.heldout = cfg, _split_rng(seed, stream), set(heldout)
+
+    def numbers(self) -> tuple[int, ...]:
+        while True:
+            nums = sample_numbers(self.rng, self.cfg)
+            if nums not in self.heldout:
+                return nums
+
+    def trace(self) -> Trace:
+        return make_trace(self.numbers(), self.rng, self.cfg)
+
+
+def build_splits(n_train: int, n_heldout: int, seed: int = 0, cfg: TaskConfig = TaskConfig()) -> dict[str, list[dict]]:
+    """Question/answer rows: `train` (distinct, for RL) and `heldout` (for evaluation), disjoint by construction."""
+    held = heldout_numbers(n_heldout, seed, cfg)
+    sampler, train, seen = TrainSampler(seed, held, cfg, stream="rl"), [], set()
+    while len(train) < n_train:
+        nums = sampler.numbers()
+        if nums not in seen:
+            seen.add(nums)
+            train.append(nums)
+    row = lambda nums: {"question": question_text(nums), "answer": str(sum(nums))}  # noqa: E731
+    return {"train": [row(n) for n in train], "heldout": [row(n) for n in held]}
+
+
+def write_jsonl(path: str | Path, rows) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_datasets(output_dir: str | Path, n_train: int = 2000, n_heldout: int = 200, seed: int = 0,
+                   cfg: TaskConfig = TaskConfig(), n_sft_examples: int = 0) -> dict[str, Path]:
+    """Write `train.jsonl` and `heldout.jsonl` (question, answer) and, if asked, `sft.jsonl` (with traces)."""
+    output_dir = Path(output_dir)
+    splits = build_splits(n_train, n_heldout, seed, cfg)
+    paths = {name: write_jsonl(output_dir / f"{name}.jsonl", rows) for name, rows in splits.items()}
+    if n_sft_examples:
+        held = heldout_numbers(n_heldout, seed, cfg)
+        sampler = TrainSampler(seed, held, cfg, stream="sft")
+        rows = []
+        for _ in range(n_sft_examples):
+            t = sampler.trace()
+            rows.append({"question": t.question, "answer": t.answer, "completion": t.completion,
+                         "slipped": t.slipped, "n_rechecks": t.n_rechecks, "cut": t.cut})
+        paths["sft"] = write_jsonl(output_dir / "sft.jsonl", rows)
+    with open(output_dir / "task_config.json", "w") as f:
+        json.dump({"seed": seed, "n_train": n_train, "n_heldout": n_heldout, **asdict(cfg)}, f, indent=1)
+    return paths
+
+
+def tokenizer_corpus(n: int = 3000, seed: int = 0, cfg: TaskConfig = TaskConfig()) -> list[str]:
+    """Lines to learn the BPE merges from: prompts and traces of the task (digits stay single tokens anyway)."""
+    rng = random.Random(f"synthetic-sums:{seed}:tokenizer")
+    lines = []
+    for _ in range(n):
+        t = make_trace(sample_numbers(rng, cfg), rng, cfg)
+        lines.append(prompt_text(t.question))
+        lines.append(t.completion)
+    lines.append(EXIT_TEXT)
+    return lines

@@ -1,0 +1,200 @@
+"""The synthetic benchmark: task generator, splits, SFT, the shipped base checkpoint, the demo's smoke run."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synthetic.task import (
+    END_THINK,
+    EXIT_TEXT,
+    RECHECK_TEXT,
+    TaskConfig,
+    TrainSampler,
+    build_splits,
+    clean_trace,
+    heldout_numbers,
+    make_trace,
+    read_jsonl,
+    running_sum_lines,
+    write_datasets,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _boxed(completion: str) -> int:
+    tail = completion.split("</think>")[-1]
+    return int(tail.rsplit("\\boxed{", 1)[1].split("}", 1)[0])
+
+
+def _pass_results(thinking: str) -> list[int]:
+    """The final running sum of each complete pass in a trace's thinking."""
+    passes = thinking.split(RECHECK_TEXT + "\n")
+    return [int(p.strip().splitlines()[-1].rsplit("=", 1)[1]) for p in passes if p.strip()]
+
+
+def test_running_sums_hand_computed():
+    assert running_sum_lines((12, 34, 56)) == (["12+34=46", "46+56=102"], 102)
+    # A slip of +1 on the first line carries on to the end.
+    assert running_sum_lines((12, 34, 56), slip_at=0, slip=1) == (["12+34=47", "47+56=103"], 103)
+    assert clean_trace((12, 34, 56)) == "12+34=46\n46+56=102\n</think>\n\nThe answer is \\boxed{102}."
+
+
+def test_task_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="slip_prob"):
+        TaskConfig(slip_prob=1.5)
+    with pytest.raises(ValueError, match="min_terms"):
+        TaskConfig(min_terms=5, max_terms=3)
+
+
+def test_traces_structure_and_answers():
+    rng, cfg = random.Random(1), TaskConfig()
+    sampler = TrainSampler(1, [], cfg)
+    traces = [make_trace(sampler.numbers(), rng, cfg) for _ in range(3000)]
+    for t in traces:
+        assert t.answer == str(sum(t.numbers))
+        assert t.completion.count("</think>") == 1 and t.completion.endswith("}.")
+        assert _boxed(t.completion) == t.predicted
+        assert cfg.min_terms <= len(t.numbers) <= cfg.max_terms
+        assert all(cfg.low <= x <= cfg.high for x in t.numbers)
+        thinking = t.completion.split("</think>")[0]
+        assert thinking.count(RECHECK_TEXT) == (t.n_rechecks if not t.cut else thinking.count(RECHECK_TEXT))
+        if not t.cut:
+            assert t.completion.endswith(END_THINK + f"The answer is \\boxed{{{t.predicted}}}.")
+            sums = _pass_results(thinking)
+            assert sums == t.pass_sums and len(sums) == 1 + t.n_rechecks
+            # Re-check passes (recheck_slip_prob=0) are always right and the answer is the last pass's sum.
+            assert all(s == sum(t.numbers) for s in sums[1:])
+            assert t.predicted == sums[-1]
+            assert t.correct == (not t.slipped or t.n_rechecks > 0)
+            assert (sums[0] != sum(t.numbers)) == t.slipped
+    # Rates close to the config (3000 draws: ~4 standard errors of slack).
+    n = len(traces)
+    assert abs(sum(t.slipped for t in traces) / n - 0.4) < 0.04
+    assert abs(sum(t.cut for t in traces) / n - 0.15) < 0.03
+    assert abs(sum(t.n_rechecks == 0 for t in traces) / n - 0.5) < 0.04
+    assert abs(sum(t.n_rechecks == 2 for t in traces) / n - 0.25) < 0.04
+    # Longer traces are more often right: the pressure under which GRPO lengthens answers.
+    full = [t for t in traces if not t.cut]
+    acc = {k: sum(t.correct for t in full if t.n_rechecks == k) / sum(t.n_rechecks == k for t in full) for k in (0, 1)}
+    assert acc[0] < 0.7 and acc[1] == 1.0
+
+
+def test_exit_cut_traces_answer_from_latest_running_sum():
+    rng, cfg = random.Random(2), TaskConfig(exit_cut_prob=1.0)
+    n_cut = 0
+    for _ in range(500):
+        t = make_trace((rng.randint(10, 99) for _ in range(rng.randint(3, 5))), rng, cfg)
+        if not t.cut:  # only when no line but the last exists to cut after (never for >= 3 terms)
+            continue
+        n_cut += 1
+        before, after = t.completion.split(EXIT_TEXT)
+        assert after == f"The answer is \\boxed{{{t.predicted}}}."
+        last_line = before.strip().splitlines()[-1]
+        assert last_line != RECHECK_TEXT and t.predicted == int(last_line.rsplit("=", 1)[1])
+        assert EXIT_TEXT.endswith("</think>\n\n") and t.completion.count("</think>") == 1
+    assert n_cut == 500
+
+
+def test_slips_are_fixed_by_rechecks():
+    cfg = TaskConfig(slip_prob=1.0, recheck_prob=1.0, max_rechecks=1, exit_cut_prob=0.0)
+    rng = random.Random(3)
+    for _ in range(200):
+        nums = tuple(rng.randint(10, 99) for _ in range(4))
+        t = make_trace(nums, rng, cfg)
+        first, second = _pass_results(t.completion.split("</think>")[0])
+        assert first != sum(nums) and abs(first - sum(nums)) <= 10
+        assert second == sum(nums) and t.correct
+
+
+def test_splits_disjoint_and_reproducible(tmp_path):
+    a = build_splits(300, 100, seed=7)
+    b = build_splits(300, 100, seed=7)
+    c = build_splits(300, 100, seed=8)
+    assert a == b and a != c
+    train_q = {r["question"] for r in a["train"]}
+    held_q = {r["question"] for r in a["heldout"]}
+    assert len(train_q) == 300 and len(held_q) == 100 and not train_q & held_q
+    # The SFT stream never draws a held-out question either.
+    held = heldout_numbers(100, 7)
+    sampler = TrainSampler(7, held, stream="sft")
+    assert not {sampler.numbers() for _ in range(20000)} & set(held)
+    paths = write_datasets(tmp_path, n_train=50, n_heldout=20, seed=7, n_sft_examples=10)
+    assert read_jsonl(paths["heldout"]) == a["heldout"][:20] or len(read_jsonl(paths["heldout"])) == 20
+    rows = read_jsonl(paths["train"])
+    assert len(rows) == 50 and set(rows[0]) == {"question", "answer"}
+    assert len(read_jsonl(paths["sft"])) == 10
+
+
+def test_heldout_prefix_stable():
+    # Evaluating on the first n held-out questions is the same set whatever the split size.
+    assert heldout_numbers(50, 3) == heldout_numbers(200, 3)[:50]
+
+
+def test_traces_graded_by_the_real_accuracy_reward():
+    accuracy = pytest.importorskip("rewards.accuracy", reason="rewards.accuracy has not landed yet")
+    rng, cfg = random.Random(4), TaskConfig()
+    for _ in range(300):
+        t = make_trace(tuple(rng.randint(10, 99) for _ in range(rng.randint(3, 5))), rng, cfg)
+        assert accuracy.is_correct(t.completion, t.answer) == t.correct, t.completion
+        assert accuracy.is_correct(clean_trace(t.numbers), t.answer)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SFT and the shipped checkpoint
+
+
+def test_encode_masks_prompt_and_exit_text():
+    from synthetic.sft import BaseConfig, build_task_tokenizer, encode_example
+
+    tok = build_task_tokenizer(BaseConfig())
+    cut = "12+34=46\n" + EXIT_TEXT + "The answer is \\boxed{46}."
+    ids, mask = encode_example(tok, "What is 12 + 34 + 56?", cut)
+    trained = tok.decode([i for i, m in zip(ids, mask, strict=True) if m])
+    assert "Time is limited" not in trained and "What is" not in trained
+    assert trained.startswith("12+34=46\n") and "\\boxed{46}" in trained and ids[-1] == tok.eos_token_id
+    # Digits are single tokens and the think tags survive skip_special_tokens.
+    assert len(tok("1234", add_special_tokens=False).input_ids) == 4
+    assert "</think>" in tok.decode(tok("a</think>b").input_ids, skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_sft_few_steps_reduces_loss():
+    import torch
+
+    from synthetic.sft import BaseConfig, train_base
+
+    torch.set_num_threads(2)
+    cfg = BaseConfig(steps=30, batch_size=16, warmup_steps=3, hidden_size=64, intermediate_size=128, num_heads=1,
+                     lr=3e-3)
+    meta = train_base(cfg, eval_samples=0, log=None)
+    assert meta["loss_last_50_mean"] < meta["loss_first"] - 1.0
+    again = train_base(cfg, eval_samples=0, log=None)  # reproducible from the seed
+    assert again["loss_last_50_mean"] == pytest.approx(meta["loss_last_50_mean"], abs=1e-4)
+
+
+def test_shipped_base_checkpoint_matches_its_metadata():
+    from synthetic.sft import SHIPPED_DIR, BaseConfig, preset, read_meta
+
+    meta = read_meta(SHIPPED_DIR)
+    if meta is None:
+        pytest.fail(f"no shipped base checkpoint in {SHIPPED_DIR}: run scripts/build_base_model.py --output_dir "
+                    f"{SHIPPED_DIR}")
+    cfg_dict = {k: v for k, v in meta["config"].items() if k != "format_version"}
+    cfg = BaseConfig(**cfg_dict)
+    assert cfg.config_hash() == meta["config_hash"] == preset("cpu").config_hash()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(SHIPPED_DIR)
+    model = AutoModelForCausalLM.from_pretrained(SHIPPED_DIR)
+    assert sum(p.numel() for p in model.parameters()) == meta["n_params"]
+    assert model.config.hidden_size == cfg.hidden_size and model.config.num_hidden_layers == cfg.num_layers
+    assert model.config.head_dim == 64 and len(tok) == model.config.vocab_size
+    ev = meta["heldout_eval"]
+    assert 0.0 < ev["accuracy"] < 1.0 and ev["mean_tokens"] > 0 and meta["command"].startswith("python scripts/")
