@@ -149,7 +149,10 @@ def load_questions(source: str, split: str | None = None, config: str | None = N
         qid = str(row[id_column]) if id_column else str(idx)
         return {"id": qid, "question": str(row[question_column]), "answer": normalize_gold(row[answer_column])}
 
-    return ds.map(convert, with_indices=True, remove_columns=ds.column_names)
+    from datasets import Features, Value
+
+    features = Features({"id": Value("string"), "question": Value("string"), "answer": Value("string")})
+    return ds.map(convert, with_indices=True, remove_columns=ds.column_names, features=features)
 
 
 def load_benchmark(name: str, path: str | None = None, limit: int | None = None, choice_seed: int = 0,

@@ -1,0 +1,243 @@
+"""Tables and plots from evaluation summaries, in the papers' format.
+
+A run is the `summary.json` that scripts/evaluate.py writes: {"run": label, "benchmarks": {name: {"protocol":
+..., "budgets": {"full": {"accuracy": fraction, "mean_tokens": ..., ...}, "thinking=B": ...}}}}.
+
+- Main table (S-GRPO Table 1): cells "accuracy / tokens", accuracy in percent, tokens the mean over samples;
+  the overall column is the unweighted mean over the table's benchmarks of both (this reproduces S-GRPO's
+  overall column, e.g. R1-Distill-7B S-GRPO 76.10 / 3,556).
+- Change against a baseline run: accuracy in points, tokens in percent.
+- ELR (GFPO): (L_GRPO - L_X) / (L_GRPO - L_SFT), the share of GRPO's length growth over SFT that X removes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.generation import Budget
+from benchmarks.registry import display_name
+
+CANONICAL_ORDER = ["gsm8k", "aime24", "amc23", "math500", "gpqa_diamond", "aime25"]  # S-GRPO's, then AIME25
+
+
+def load_run(path: str | Path, label: str | None = None) -> dict:
+    """A run summary from its `summary.json` or the evaluation output dir holding it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "summary.json"
+    run = json.loads(path.read_text())
+    if label:
+        run["run"] = label
+    run.setdefault("run", path.parent.name)
+    return run
+
+
+def cell(run: dict, bench: str, budget: str = "full") -> dict | None:
+    return run.get("benchmarks", {}).get(bench, {}).get("budgets", {}).get(budget)
+
+
+def benchmark_order(runs: list[dict]) -> list[str]:
+    seen = list(dict.fromkeys(b for r in runs for b in r.get("benchmarks", {})))
+    known = [b for b in CANONICAL_ORDER if b in seen]
+    return known + [b for b in seen if b not in known]
+
+
+def overall(run: dict, benchmarks: list[str], budget: str = "full") -> tuple[float, float] | None:
+    """(accuracy fraction, mean tokens), unweighted means over `benchmarks`; None if one is missing."""
+    cells = [cell(run, b, budget) for b in benchmarks]
+    if not cells or any(c is None for c in cells):
+        return None
+    return (sum(c["accuracy"] for c in cells) / len(cells), sum(c["mean_tokens"] for c in cells) / len(cells))
+
+
+def elr(length_x: float, length_grpo: float, length_sft: float) -> float | None:
+    """Excess length reduction (GFPO): (L_GRPO - L_X) / (L_GRPO - L_SFT); None when GRPO did not lengthen."""
+    if length_grpo == length_sft:
+        return None
+    return (length_grpo - length_x) / (length_grpo - length_sft)
+
+
+def _fmt_acc(acc: float, digits: int = 1) -> str:
+    return f"{100 * acc:.{digits}f}"
+
+
+def _fmt_tokens(tokens: float) -> str:
+    return f"{tokens:,.0f}"
+
+
+def _header(benchmarks: list[str], first: str = "run") -> list[str]:
+    cols = [first] + [display_name(b) for b in benchmarks] + ["overall"]
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+
+def main_table(runs: list[dict], benchmarks: list[str], budget: str = "full", stderr: bool = False) -> str:
+    """Cells "accuracy / tokens" (S-GRPO Table 1); `stderr` adds ± the pass@1 standard error."""
+    lines = _header(benchmarks)
+    for run in runs:
+        cells = []
+        for b in benchmarks:
+            c = cell(run, b, budget)
+            if c is None:
+                cells.append("-")
+                continue
+            se = f" ± {100 * c['accuracy_stderr']:.1f}" if stderr and c.get("accuracy_stderr") is not None else ""
+            cells.append(f"{_fmt_acc(c['accuracy'])}{se} / {_fmt_tokens(c['mean_tokens'])}")
+        ov = overall(run, benchmarks, budget)
+        cells.append(f"{_fmt_acc(ov[0], 2)} / {_fmt_tokens(ov[1])}" if ov else "-")
+        lines.append(f"| {run['run']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def change(acc: float, tokens: float, base_acc: float, base_tokens: float) -> tuple[float, float]:
+    """(accuracy change in points, token change in percent) against a baseline."""
+    return 100 * (acc - base_acc), 100 * (tokens - base_tokens) / base_tokens
+
+
+def delta_table(runs: list[dict], baseline: dict, benchmarks: list[str], budget: str = "full") -> str:
+    """Cells "+x.x pts / -y.y%": accuracy change in points, token change in percent, against `baseline`."""
+    lines = _header(benchmarks, f"vs {baseline['run']}")
+    for run in runs:
+        if run is baseline:
+            continue
+        cells = []
+        for b in benchmarks:
+            c, base = cell(run, b, budget), cell(baseline, b, budget)
+            if c is None or base is None:
+                cells.append("-")
+                continue
+            pts, pct = change(c["accuracy"], c["mean_tokens"], base["accuracy"], base["mean_tokens"])
+            cells.append(f"{pts:+.1f} pts / {pct:+.1f}%")
+        ov, ov_base = overall(run, benchmarks, budget), overall(baseline, benchmarks, budget)
+        if ov and ov_base:
+            pts, pct = change(*ov, *ov_base)
+            cells.append(f"{pts:+.2f} pts / {pct:+.1f}%")
+        else:
+            cells.append("-")
+        lines.append(f"| {run['run']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def elr_table(runs: list[dict], grpo: dict, sft: dict, benchmarks: list[str], budget: str = "full") -> str:
+    """GFPO-style cells "accuracy / tokens / ELR %" with ELR against the GRPO and SFT runs."""
+    lines = _header(benchmarks)
+    for run in runs:
+        cells = []
+        for b in benchmarks:
+            c, g, s = cell(run, b, budget), cell(grpo, b, budget), cell(sft, b, budget)
+            if c is None:
+                cells.append("-")
+                continue
+            value = elr(c["mean_tokens"], g["mean_tokens"], s["mean_tokens"]) if g and s else None
+            if run is sft:
+                text = "-"
+            else:
+                text = f"{100 * value:.1f}" if value is not None else "n/a"
+            cells.append(f"{_fmt_acc(c['accuracy'])} / {_fmt_tokens(c['mean_tokens'])} / {text}")
+        ov, og, os_ = (overall(r, benchmarks, budget) for r in (run, grpo, sft))
+        if ov and og and os_:
+            value = elr(ov[1], og[1], os_[1])
+            text = "-" if run is sft else (f"{100 * value:.1f}" if value is not None else "n/a")
+            cells.append(f"{_fmt_acc(ov[0], 2)} / {_fmt_tokens(ov[1])} / {text}")
+        else:
+            cells.append("-")
+        lines.append(f"| {run['run']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def budget_keys(runs: list[dict]) -> list[str]:
+    keys = {k for r in runs for b in r.get("benchmarks", {}).values() for k in b.get("budgets", {})}
+    order = {"full": 0, "thinking": 1, "max_tokens": 2}
+    return sorted(keys, key=lambda k: (order[Budget.parse(k).kind], Budget.parse(k).value or 0))
+
+
+def budget_table(run: dict, benchmarks: list[str]) -> str:
+    """One row per budget of a run: cells "accuracy / tokens", plus the forced-exit and truncation rates."""
+    lines = _header(benchmarks, f"{run['run']}: budget")
+    for key in budget_keys([run]):
+        cells = []
+        for b in benchmarks:
+            c = cell(run, b, key)
+            cells.append("-" if c is None else f"{_fmt_acc(c['accuracy'])} / {_fmt_tokens(c['mean_tokens'])}")
+        ov = overall(run, benchmarks, key)
+        cells.append(f"{_fmt_acc(ov[0], 2)} / {_fmt_tokens(ov[1])}" if ov else "-")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _grid(n: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def plot_accuracy_vs_tokens(runs: list[dict], benchmarks: list[str], path: str | Path, budget: str = "full") -> Path:
+    """One panel per benchmark (and overall): each run a point at (mean tokens, pass@1 %)."""
+    panels = benchmarks + (["overall"] if len(benchmarks) > 1 else [])
+    fig, axes = _grid(len(panels))
+    for ax, b in zip(axes, panels, strict=True):
+        for i, run in enumerate(runs):
+            if b == "overall":
+                ov = overall(run, benchmarks, budget)
+                point = (ov[1], ov[0]) if ov else None
+            else:
+                c = cell(run, b, budget)
+                point = (c["mean_tokens"], c["accuracy"]) if c else None
+            if point is None:
+                continue
+            ax.scatter(point[0], 100 * point[1], color=f"C{i}", s=45, label=run["run"], zorder=3)
+            ax.annotate(run["run"], (point[0], 100 * point[1]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_title(display_name(b) if b != "overall" else "overall (mean)")
+        ax.set_xlabel("mean tokens per sample")
+        ax.set_ylabel("pass@1 (%)")
+        ax.grid(alpha=0.3)
+        ax.margins(0.15)
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle("Accuracy vs response length")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_budget_curves(runs: list[dict], benchmarks: list[str], path: str | Path) -> Path:
+    """One panel per benchmark: pass@1 against the budget, a line per (run, budget kind); the unbudgeted
+    run is a dashed horizontal line."""
+    fig, axes = _grid(len(benchmarks))
+    styles = {"thinking": ("o-", "thinking budget + forced exit"), "max_tokens": ("s--", "max-token budget")}
+    for ax, b in zip(axes, benchmarks, strict=True):
+        for i, run in enumerate(runs):
+            budgets = run.get("benchmarks", {}).get(b, {}).get("budgets", {})
+            for kind, (style, name) in styles.items():
+                pts = sorted((Budget.parse(k).value, v["accuracy"]) for k, v in budgets.items()
+                             if Budget.parse(k).kind == kind)
+                if pts:
+                    ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], style, color=f"C{i}",
+                            label=f"{run['run']}: {name}")
+            if "full" in budgets:
+                full = budgets["full"]
+                ax.axhline(100 * full["accuracy"], color=f"C{i}", ls=":", alpha=0.7,
+                           label=f"{run['run']}: no budget ({full['mean_tokens']:,.0f} tok)")
+        ax.set_title(display_name(b))
+        ax.set_xlabel("budget (tokens)")
+        ax.set_ylabel("pass@1 (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle("Accuracy vs budget")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return Path(path)
+
