@@ -169,9 +169,9 @@ def parse(argv: list[str] | None = None):
     types = (RecipeArguments, config_cls, ModelConfig)
     check_keys(recipe, types, source)
     precheck_batch(recipe, config_cls, argv)
-    dry_run = "--dry_run" in argv or recipe.get("dry_run")
-    if dry_run and not _has_accelerator() and "--use_cpu" not in argv:
-        # TrainingArguments refuses bf16 without a GPU; a dry run on a login node must still validate the recipe.
+    if not _has_accelerator() and "use_cpu" not in recipe and "--use_cpu" not in argv:
+        # Without a GPU: TrainingArguments refuses bf16 unless use_cpu is set (a dry run on a login node must still
+        # validate a bf16 recipe), and accelerate forms a multi-process gloo group under torchrun only with it.
         argv += ["--use_cpu", "true"]
     parser = TrlParser(types)
     try:
@@ -221,7 +221,11 @@ def validate(script_args: RecipeArguments, method_args, model_args) -> dict:
         raise RecipeError("Set `model_name_or_path` to a hub model id or a local checkpoint folder.")
     if "{question}" not in script_args.prompt_template:
         raise RecipeError("`prompt_template` must contain '{question}', where the question is inserted.")
-    validate_reward_names(script_args.reward_funcs, script_args.reward_kwargs)
+    fill_length_kwargs(script_args, method_args.max_completion_length)
+    try:
+        validate_reward_names(script_args.reward_funcs, script_args.reward_kwargs)
+    except ValueError as e:
+        raise RecipeError(str(e)) from e
     weights = getattr(method_args, "reward_weights", None)
     if weights is not None and len(weights) != len(script_args.reward_funcs):
         raise RecipeError(
@@ -237,6 +241,17 @@ def validate(script_args: RecipeArguments, method_args, model_args) -> dict:
         steps_per_generation=method_args.steps_per_generation,
         whole_groups_per_rank=getattr(method_args, "requires_whole_groups_per_rank", False),
     )
+
+
+def fill_length_kwargs(script_args: RecipeArguments, max_completion_length: int) -> None:
+    """Length-aware rewards default to the recipe's own completion limit, so the two cannot disagree."""
+    kwargs = script_args.reward_kwargs
+    if "cosine" in script_args.reward_funcs:
+        kwargs.setdefault("cosine", {}).setdefault("max_len", max_completion_length)
+    if "soft_overlong" in script_args.reward_funcs:
+        overlong = kwargs.setdefault("soft_overlong", {})
+        overlong.setdefault("max_completion_len", max_completion_length)
+        overlong.setdefault("soft_punish_cache", max(1, max_completion_length // 4))
 
 
 def load_train_dataset(script_args: RecipeArguments):
@@ -324,7 +339,7 @@ def main(argv: list[str] | None = None):
     reward_funcs = build_reward_funcs(script_args.reward_funcs, script_args.reward_kwargs)
     init_kwargs = dict(method_args.model_init_kwargs or {})
     init_kwargs.setdefault("revision", model_args.model_revision)
-    init_kwargs.setdefault("trust_remote_code", model_args.trust_remote_code)
+    init_kwargs.setdefault("trust_remote_code", method_args.trust_remote_code)
     if model_args.dtype is not None:
         init_kwargs.setdefault("dtype", model_args.dtype)
     if model_args.attn_implementation is not None:

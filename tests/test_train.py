@@ -98,7 +98,8 @@ def test_recipe_error_exits_with_message(tmp_path):
 def _train(tmp_path, tiny_model_path, *extra) -> "object":
     return train.main([
         "--config", str(TINY), "--model_name_or_path", str(tiny_model_path),
-        "--dataset_name", str(ROOT / "recipes/tiny/data.jsonl"), "--output_dir", str(tmp_path / "out"), *extra,
+        "--dataset_name", str(ROOT / "recipes/tiny/data.jsonl"), "--output_dir", str(tmp_path / "out"),
+        "--reward_funcs", "accuracy", "tests.reward_stubs:digit_count", "--reward_weights", "1.0", "1.0", *extra,
     ])
 
 
@@ -112,6 +113,7 @@ def test_grpo_trains_tiny_model(tmp_path, tiny_model_path):
     trainer = _train(tmp_path, tiny_model_path, "--max_steps", "3")
     assert trainer.state.global_step == 3
     assert len(_logged(trainer, "rewards/accuracy/mean")) == 3
+    assert len(_logged(trainer, "rewards/digit_count/mean")) == 3
     after = _load_state(tmp_path / "out")
     assert any(not (before[k] == after[k]).all() for k in before), "no weight changed after 3 GRPO steps"
 
@@ -159,7 +161,8 @@ def test_grpo_torchrun_two_processes(tmp_path, tiny_model_path):
         ["torchrun", "--nproc_per_node", "2", "--master_port", "29513", str(ROOT / "scripts/train.py"),
          "--config", str(TINY), "--model_name_or_path", str(tiny_model_path),
          "--dataset_name", str(ROOT / "recipes/tiny/data.jsonl"), "--output_dir", str(out),
-         "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "2"],
+         "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "2",
+         "--reward_funcs", "accuracy", "tests.reward_stubs:digit_count", "--reward_weights", "1.0", "1.0"],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
