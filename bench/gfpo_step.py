@@ -6,7 +6,7 @@
 By default the completions come from a fixed, seeded rollout (lengths uniform in [max_len/4, max_len], the same
 for every method), so the figures isolate the training compute GFPO changes: old/ref log-probs and the policy
 forward/backward. `--generate` uses real sampling instead (identical cost for all three; it dilutes the gap).
-Prints the hardware, then per method: mean step time over the steps after the first, sampled completion tokens/s
+Prints the hardware, then per method: median step time over the steps after the first, sampled completion tokens/s
 (all G) and trained tokens/s (rows the loss sees).
 """
 
@@ -100,7 +100,7 @@ def run(method: str, model_path: str, args, out_dir: str):
     logs = [h for h in trainer.state.log_history if "step_time" in h]
     times = [h["step_time"] for h in logs][1:] or [h["step_time"] for h in logs]
     sampled = [h["completions/mean_length"] * args.G * args.questions for h in logs][1:] or [0]
-    step = statistics.mean(times)
+    step = statistics.median(times)
     return {
         "step_s": step,
         "sampled_tok_s": statistics.mean(sampled) / step,
@@ -116,12 +116,18 @@ def main():
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--questions", type=int, default=2, help="questions per step")
     parser.add_argument("--max_len", type=int, default=192)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--generate", action="store_true", help="sample with model.generate instead of a fixed rollout")
     parser.add_argument("--model", default=None, help="a saved tiny model; default: build one in a temp dir")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU torch threads (1: stable figures on a shared, loaded machine)"
+    )
     args = parser.parse_args()
 
     import torch
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(args.threads)
 
     from synthetic.tiny_model import save_tiny_model
 
@@ -132,7 +138,7 @@ def main():
     print(f"hardware: {hw}; torch {torch.__version__}")
     print(
         f"tiny Qwen3, G={args.G}, k={args.k}, {args.questions} questions/step, completions <= {args.max_len} tokens, "
-        f"{'sampled' if args.generate else 'fixed rollout'}, beta=0.001, loss dapo; mean of steps 2..{args.steps}"
+        f"{'sampled' if args.generate else 'fixed rollout'}, beta=0.001, loss dapo; median step time of steps 2..{args.steps}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         model_path = args.model or str(save_tiny_model(Path(tmp) / "tiny", seed=0))
