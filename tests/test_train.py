@@ -16,8 +16,15 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import train  # noqa: E402
 
 TINY = ROOT / "recipes" / "tiny" / "grpo.yaml"
-# Recipes that are not training recipes (evaluation protocols) live under recipes/eval.
-TRAIN_RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "eval" not in p.parts)
+ALL_RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+# A training recipe names its method; an evaluation protocol (scripts/evaluate.py --config) names its benchmarks.
+TRAIN_RECIPES = [p for p in ALL_RECIPES if "method" in yaml.safe_load(p.read_text())]
+
+
+def test_every_recipe_is_training_or_evaluation():
+    for path in ALL_RECIPES:
+        recipe = yaml.safe_load(path.read_text())
+        assert ("method" in recipe) != ("benchmarks" in recipe), f"{path}: name a `method` or `benchmarks`, not both"
 
 
 def accelerate_config_for(recipe: Path) -> str:
