@@ -256,35 +256,23 @@ def fill_length_kwargs(script_args: RecipeArguments, max_completion_length: int)
 
 def load_train_dataset(script_args: RecipeArguments):
     """Load the training split and build the conversational `prompt` and the gold `answer` columns."""
-    from datasets import load_dataset
+    from benchmarks.registry import load_questions
 
-    name = script_args.dataset_name
-    path = Path(name)
-    if path.exists():
-        if path.is_dir():
-            dataset = load_dataset(str(path), split=script_args.dataset_train_split)
-        else:
-            kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
-            if kind is None:
-                raise RecipeError(f"{name}: unsupported file type; use .jsonl, .json, .parquet or .csv.")
-            dataset = load_dataset(kind, data_files=str(path), split="train")
-    else:
-        dataset = load_dataset(name, script_args.dataset_config, split=script_args.dataset_train_split)
-    for column in (script_args.question_column, script_args.answer_column):
-        if column not in dataset.column_names:
-            raise RecipeError(
-                f"{name} has no column `{column}` (columns: {dataset.column_names}); set question_column/answer_column."
-            )
+    try:
+        dataset = load_questions(script_args.dataset_name, split=script_args.dataset_train_split,
+                                 config=script_args.dataset_config, question_column=script_args.question_column,
+                                 answer_column=script_args.answer_column)
+    except ValueError as e:
+        raise RecipeError(f"{e}; set question_column/answer_column") from e
     if script_args.max_train_samples:
         dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
+    system = [{"role": "system", "content": script_args.system_prompt}] if script_args.system_prompt else []
 
     def to_prompt(row):
-        messages = [{"role": "system", "content": script_args.system_prompt}] if script_args.system_prompt else []
-        messages.append({"role": "user", "content": script_args.prompt_template.replace("{question}", row[script_args.question_column])})
-        return {"prompt": messages, "answer": str(row[script_args.answer_column])}
+        user = script_args.prompt_template.replace("{question}", row["question"])
+        return {"prompt": system + [{"role": "user", "content": user}]}
 
-    keep = {"prompt", "answer"}
-    return dataset.map(to_prompt, remove_columns=[c for c in dataset.column_names if c not in keep])
+    return dataset.map(to_prompt, remove_columns=["question"])
 
 
 def print_plan(script_args, method_args, model_args, plan: dict) -> None:
