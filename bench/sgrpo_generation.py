@@ -51,7 +51,8 @@ def hardware(device: str) -> str:
 
 
 def build_model(args) -> Path:
-    from synthetic.tiny_model import build_model as build, build_tokenizer
+    from synthetic.tiny_model import build_model as build
+    from synthetic.tiny_model import build_tokenizer
 
     out = Path(args.model_dir or tempfile.mkdtemp(prefix="sgrpo-bench-"))
     if not (out / "config.json").exists():
@@ -114,7 +115,7 @@ def run_hf(args, model_dir: Path) -> dict:
     for rep in range(args.repeats + 1):  # repetition 0 warms up
         t_full, full = timed(lambda: gen([prompt], L)[0])
         prompts, _ = exit_prompts(tok, prompt, full, m, rep)
-        t_exit, _ = timed(lambda: gen(prompts, A))
+        t_exit, _ = timed(lambda ps=prompts: gen(ps, A))
         t_grpo, _ = timed(lambda: gen([prompt], L, m + 1))
         if rep:
             res["full"].append(t_full)
@@ -126,8 +127,8 @@ def run_hf(args, model_dir: Path) -> dict:
 
 # ------------------------------------------------------------------------------------------------- vLLM
 def run_vllm(args, model_dir: Path, prefix_caching: bool) -> dict:
-    from vllm import LLM, SamplingParams, TokensPrompt
     from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams, TokensPrompt
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     llm = LLM(model=str(model_dir), enable_prefix_caching=prefix_caching, max_model_len=args.full_tokens + args.answer_tokens + 128,
@@ -143,7 +144,7 @@ def run_vllm(args, model_dir: Path, prefix_caching: bool) -> dict:
         t_full, out = timed(lambda: llm.generate([TokensPrompt(prompt_token_ids=prompt)], sp_full, use_tqdm=False))
         full = list(out[0].outputs[0].token_ids)
         prompts, _ = exit_prompts(tok, prompt, full, m, rep)
-        t_exit, outs = timed(lambda: llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], sp_ans,
+        t_exit, outs = timed(lambda ps=prompts: llm.generate([TokensPrompt(prompt_token_ids=p) for p in ps], sp_ans,
                                                   use_tqdm=False))
         cached = sum(o.num_cached_tokens or 0 for o in outs)
         llm.reset_prefix_cache()

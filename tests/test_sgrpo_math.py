@@ -125,7 +125,7 @@ def test_exit_text_inserted_once_at_the_cut(tiny_tokenizer):
     assert comp.count(end_id) == 1
     assert exit_prompt_ids(prompt, full, cut, exit_ids) == prompt + full[:cut] + exit_ids
     mask = exit_text_mask(len(comp), cut, len(exit_ids))
-    assert [t for t, k in zip(comp, mask) if not k] == exit_ids and sum(mask) == len(comp) - len(exit_ids)
+    assert [t for t, k in zip(comp, mask, strict=True) if not k] == exit_ids and sum(mask) == len(comp) - len(exit_ids)
     with pytest.raises(ValueError):
         exit_text_mask(3, 2, len(exit_ids))
 

@@ -14,7 +14,7 @@ import torch
 from sgrpo_helpers import CapturingMixin, check_serial_groups, parity_reward, tiny_dataset
 
 from trainers.serial_group import thinking_span
-from trainers.sgrpo import SGRPOConfig, SGRPOTrainer, check_tokenizer, decaying_rewards
+from trainers.sgrpo import SGRPOConfig, SGRPOTrainer, check_tokenizer
 
 M, G = 3, 4  # 3 exits + the full rollout
 MAX_COMPLETION, MAX_ANSWER = 24, 8
