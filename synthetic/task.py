@@ -269,3 +269,22 @@ def tokenizer_corpus(n: int = 3000, seed: int = 0, cfg: TaskConfig = TaskConfig(
         lines.append(t.completion)
     lines.append(EXIT_TEXT)
     return lines
+
+
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(description="Write the synthetic task's train.jsonl / heldout.jsonl (question, answer).")
+    p.add_argument("--output_dir", default="outputs/synthetic/data")
+    p.add_argument("--n_train", type=int, default=2000)
+    p.add_argument("--n_heldout", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0, help="split seed; the shipped base model was trained with 0")
+    p.add_argument("--n_sft_examples", type=int, default=0, help="also write sft.jsonl with this many traces")
+    args = p.parse_args(argv)
+    paths = write_datasets(args.output_dir, args.n_train, args.n_heldout, args.seed, n_sft_examples=args.n_sft_examples)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()

