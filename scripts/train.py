@@ -323,6 +323,15 @@ def main(argv: list[str] | None = None):
 
     _, trainer_cls = method_classes(script_args.method)
     checkpoint = resolve_checkpoint(method_args)
+    check_tokenizer = getattr(sys.modules[trainer_cls.__module__], "check_tokenizer", None)
+    if check_tokenizer is not None:  # e.g. S-GRPO: `</think>` must be one token; fails before the model loads
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+        try:
+            check_tokenizer(tokenizer, method_args)
+        except ValueError as e:
+            raise RecipeError(str(e)) from e
     dataset = load_train_dataset(script_args)
     reward_funcs = build_reward_funcs(script_args.reward_funcs, script_args.reward_kwargs)
     init_kwargs = dict(method_args.model_init_kwargs or {})

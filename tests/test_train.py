@@ -183,3 +183,17 @@ def _load_state(path):
     from safetensors.torch import load_file
 
     return load_file(str(Path(path) / "model.safetensors"))
+
+
+def test_sgrpo_tokenizer_checked_before_model_load(tmp_path, tiny_model_path, monkeypatch):
+    """S-GRPO needs `</think>` as one token: a tokenizer without it is refused before any model is built."""
+    import transformers
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded for an invalid recipe")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_model)
+    with pytest.raises(train.RecipeError, match="think_end_token"):
+        train.main(["--config", str(ROOT / "recipes/tiny/sgrpo.yaml"), "--model_name_or_path", str(tiny_model_path),
+                    "--output_dir", str(tmp_path), "--think_end_token", "</thought>",
+                    "--exit_text", "Time is limited.</thought>\n\n"])
