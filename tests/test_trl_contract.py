@@ -20,7 +20,11 @@ HOOKS = {
     "_compute_loss": ["model", "inputs"],
     "_prepare_inputs": ["generation_batch"],
     "_save_checkpoint": ["model", "trial"],
+    "_get_per_token_logps_and_entropies": ["model", "input_ids", "attention_mask", "logits_to_keep"],
+    "_load_optimizer_and_scheduler": ["checkpoint"],
+    "_get_output_dir": ["trial"],
 }
+TRAINER_MODULES = ["trainers.gfpo", "trainers.sgrpo"]
 OUTPUT_KEYS = {"prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages", "num_items_in_batch"}
 
 
@@ -37,17 +41,15 @@ def test_grpo_trainer_hooks(hook):
     assert params[: len(HOOKS[hook])] == HOOKS[hook], f"GRPOTrainer.{hook} signature changed: {params}"
 
 
-@pytest.mark.parametrize("module_name", ["trainers.gfpo", "trainers.sgrpo"])
+@pytest.mark.parametrize("module_name", TRAINER_MODULES)
 def test_trainers_wrap_only_known_hooks(module_name):
-    """Every private GRPOTrainer method a trainer overrides or calls is listed, exists, and is covered above."""
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError:
-        pytest.skip(f"{module_name} not present")
+    """Every private GRPOTrainer method a trainer overrides or calls is listed, exists, and its signature is pinned."""
+    module = importlib.import_module(module_name)
     from trl import GRPOTrainer
 
     for hook in module.WRAPPED_TRL_HOOKS:
         assert hasattr(GRPOTrainer, hook), f"{module_name} wraps GRPOTrainer.{hook}, which TRL no longer has"
+        assert hook in HOOKS, f"{module_name} wraps {hook}: pin its signature in HOOKS above"
     assert set(module.REQUIRED_OUTPUT_KEYS) <= OUTPUT_KEYS | {
         "old_per_token_logps", "ref_per_token_logps", "sampling_per_token_logps", "importance_sampling_ratio",
         "tool_mask",
@@ -72,3 +74,15 @@ def test_generate_and_score_output_keys(tiny_model_path, tmp_path):
     assert OUTPUT_KEYS <= set(output)
     assert output["advantages"].shape == (4,)
     assert output["completion_ids"].shape[0] == output["completion_mask"].shape[0] == 4
+    for module_name in TRAINER_MODULES:
+        for attribute in importlib.import_module(module_name).WRAPPED_TRL_ATTRIBUTES:
+            if attribute == "vllm_generation":  # exists with use_vllm only; its field is checked below
+                continue
+            assert hasattr(trainer, attribute), f"{module_name} relies on GRPOTrainer.{attribute}, which is gone"
+
+
+def test_vllm_generation_budget_field():
+    """S-GRPO sets the exits' answer budget through VLLMGeneration.max_completion_length."""
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    assert "self.max_completion_length" in inspect.getsource(VLLMGeneration.generate)
