@@ -60,6 +60,7 @@ def main(argv=None):
     meta = train_base(cfg, output_dir=None, eval_samples=args.eval_samples, eval_every=args.eval_every)
     meta["command"] = command.strip()
     sft.save_checkpoint(meta["_model"], meta["_tokenizer"], meta, out)
+    sft.write_readme(out, meta)
     print(f"[build_base_model] saved {out} in {meta['train_seconds']} s of training")
     return out
 

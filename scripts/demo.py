@@ -65,8 +65,10 @@ def parse_args(argv=None):
     p.add_argument("--backend", default="auto", choices=["auto", "transformers", "vllm"],
                    help="generation back-end of training and evaluation (auto: vLLM when importable)")
     p.add_argument("--eval_backend", default="transformers", choices=["transformers", "vllm"])
+    p.add_argument("--jobs", type=int, default=None,
+                   help="training/evaluation subprocesses run at once (default: 2 on a CPU machine, 1 with a GPU)")
     p.add_argument("--threads", type=int, default=None,
-                   help="OMP/torch threads per subprocess (1 is fastest on a busy shared CPU)")
+                   help="OMP/torch threads per subprocess (default: cores / jobs on a CPU machine)")
     p.add_argument("--base_model", default=None,
                    help="use this checkpoint as the base instead of the shipped/cached/trained one")
     p.add_argument("--overwrite", action="store_true", help="redo stages whose outputs exist")
@@ -101,6 +103,26 @@ def child_env(args) -> dict:
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     return env
+
+
+def has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def run_all(jobs: list[tuple], n_parallel: int, on_done) -> None:
+    """Run (key, cmd, env, log_path) jobs, n_parallel at a time: a tiny model leaves cores idle in Python overhead,
+    so two single-threaded runs on 2 cores finish sooner than two 2-threaded runs one after the other."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    with ThreadPoolExecutor(max_workers=max(1, n_parallel)) as pool:
+        futures = {pool.submit(run, cmd, env, log_path): key for key, cmd, env, log_path in jobs}
+        for fut in as_completed(futures):
+            on_done(futures[fut], fut.result())
 
 
 def run(cmd: list[str], env: dict, log_path: Path) -> float:
@@ -252,9 +274,15 @@ def main(argv=None) -> dict:
     out = (ROOT / args.output_dir) if not Path(args.output_dir).is_absolute() else Path(args.output_dir)
     out = out / args.size if args.size != "cpu" else out
     args.use_vllm = args.backend == "vllm" or (args.backend == "auto" and vllm_available())
+    gpu = has_gpu()
+    if args.jobs is None:
+        args.jobs = 1 if gpu else 2
+    if args.threads is None and not gpu:
+        args.threads = max(1, (os.cpu_count() or 2) // args.jobs)
     env = child_env(args)
     log(f"size {args.size}, seeds {args.seed_list}, methods {args.method_list}, generation back-end "
         f"{'vLLM colocate' if args.use_vllm else 'transformers'} (training) / {args.eval_backend} (evaluation); "
+        f"{args.jobs} job(s) at a time, {args.threads or 'default'} thread(s) each; "
         f"hardware: {hardware()}; output {out}")
 
     # 1. Task data, split like the base model's (it never saw a held-out question).
@@ -272,33 +300,40 @@ def main(argv=None) -> dict:
     log(f"[2/4] base model {base}")
 
     # 3. Training runs.
-    runs = [(m, s) for m in args.method_list for s in args.seed_list]
-    run_dirs, t_train = {}, time.time()
-    for i, (method, seed) in enumerate(runs):
-        run_dir = out / "runs" / f"{method.replace('/', '-')}-s{seed}"
-        run_dirs[(method, seed)] = run_dir
-        if (run_dir / "model.safetensors").exists() and not args.overwrite:
-            log(f"[3/4] {i + 1}/{len(runs)} {method} seed {seed}: done before, kept ({run_dir})")
-            continue
-        dt = run(train_cmd(args, method, seed, base, data, run_dir), env, out / "logs" / f"train-{run_dir.name}.log")
-        done = i + 1
-        eta = (time.time() - t_train) / done * (len(runs) - done)
-        log(f"[3/4] {done}/{len(runs)} {method} seed {seed}: trained in {dt:.0f}s (ETA training {eta:.0f}s)")
+    runs = [(m, s) for s in args.seed_list for m in args.method_list]
+    run_dirs = {(m, s): out / "runs" / f"{m.replace('/', '-')}-s{s}" for m, s in runs}
+    todo = [(ms, train_cmd(args, *ms, base, data, d), env, out / "logs" / f"train-{d.name}.log")
+            for ms, d in run_dirs.items() if args.overwrite or not (d / "model.safetensors").exists()]
+    if len(todo) < len(runs):
+        log(f"[3/4] {len(runs) - len(todo)}/{len(runs)} runs done before, kept (--overwrite redoes them)")
+    t_train, n_done = time.time(), [0]
+
+    def trained(key, dt):
+        n_done[0] += 1
+        eta = (time.time() - t_train) / n_done[0] * (len(todo) - n_done[0])
+        log(f"[3/4] {n_done[0]}/{len(todo)} {key[0]} seed {key[1]}: trained in {dt:.0f}s (ETA training {eta:.0f}s)")
+
+    run_all(todo, args.jobs, trained)
 
     # 4. Evaluation on held-out questions: the base once per seed (sampling seed), every run.
     evals = [("base", s, base) for s in args.seed_list] + [(m, s, run_dirs[(m, s)]) for m, s in runs]
-    results: dict[str, list[dict]] = {}
-    for i, (label, seed, model) in enumerate(evals):
-        ev_dir = out / "eval" / f"{label.replace('/', '-')}-s{seed}"
-        if not (ev_dir / "summary.json").exists() or args.overwrite:
-            dt = run(eval_cmd(args, model, data, ev_dir, seed, f"{label}-s{seed}"), env,
-                     out / "logs" / f"eval-{ev_dir.name}.log")
-        else:
-            dt = 0.0
-        r = read_eval(ev_dir)
-        results.setdefault(label, []).append({"seed": seed, **r})
-        log(f"[4/4] {i + 1}/{len(evals)} eval {label} seed {seed}: accuracy {r['accuracy']:.1f}%, "
+    ev_dirs = {(label, seed): out / "eval" / f"{label.replace('/', '-')}-s{seed}" for label, seed, _ in evals}
+    todo = [((label, seed), eval_cmd(args, model, data, ev_dirs[(label, seed)], seed, f"{label}-s{seed}"), env,
+             out / "logs" / f"eval-{ev_dirs[(label, seed)].name}.log")
+            for label, seed, model in evals
+            if args.overwrite or not (ev_dirs[(label, seed)] / "summary.json").exists()]
+    n_eval = [0]
+
+    def evaluated(key, dt):
+        n_eval[0] += 1
+        r = read_eval(ev_dirs[key])
+        log(f"[4/4] {n_eval[0]}/{len(todo)} eval {key[0]} seed {key[1]}: accuracy {r['accuracy']:.1f}%, "
             f"{r['mean_tokens']:.1f} tokens ({dt:.0f}s)")
+
+    run_all(todo, args.jobs, evaluated)
+    results: dict[str, list[dict]] = {}
+    for (label, seed) in [(label, seed) for label, seed, _ in evals]:
+        results.setdefault(label, []).append({"seed": seed, **read_eval(ev_dirs[(label, seed)])})
 
     # 5. Table and plots.
     rows = aggregate(results)

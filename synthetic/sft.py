@@ -36,8 +36,8 @@ from synthetic.task import (
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_DIR = ROOT / "synthetic" / "base"
 CACHE_ROOT = ROOT / "outputs" / "synthetic-base"
-FORMAT_VERSION = 1
-BUCKET_POOL = 8  # bump when the trace text or the training loop changes meaning
+FORMAT_VERSION = 2  # bump when the trace text or the training loop changes meaning (2: marked re-check lines)
+BUCKET_POOL = 8
 
 
 @dataclass
@@ -352,6 +352,49 @@ def evaluate_base(model, tokenizer, numbers_list, temperature: float = 1.0, seed
         "share_truncated": round(sum("</think>" not in t for t, _ in outs) / len(outs), 4),
         "grader": grader_name(),
     }
+
+
+def write_readme(output_dir: str | Path, meta: dict) -> Path:
+    """A human-readable card next to meta.json: how the checkpoint was made and what it scores."""
+    ev = meta.get("heldout_eval") or {}
+    cfg = meta["config"]
+    task = cfg["task"]
+    lines = [
+        "# Synthetic-benchmark base model",
+        "",
+        "A tiny Qwen3 trained from scratch (SFT) on the synthetic task's reasoning traces (synthetic/task.py):",
+        f"sums of {task['min_terms']}-{task['max_terms']} numbers in [{task['low']}, {task['high']}], the first pass "
+        f"slips with p = {task['slip_prob']},",
+        f"up to {task['max_rechecks']} re-checks (p = {task['recheck_prob']} each) that fix slips, a share "
+        f"{task['exit_cut_prob']} of traces cut by the",
+        "S-GRPO exit text (the exit text itself left out of the loss). Produced by:",
+        "",
+        f"    {meta.get('command', 'scripts/build_base_model.py')}",
+        "",
+        f"- config hash `{meta['config_hash']}` (scripts/demo.py uses this checkpoint when its config matches)",
+        f"- {meta['n_params']:,} parameters: hidden {cfg['hidden_size']}, {cfg['num_layers']} layers, "
+        f"{cfg['num_heads']} heads of {cfg['head_dim']}, vocab {cfg['vocab_size']} (BPE on the task's text)",
+        f"- {cfg['steps']} steps of {cfg['batch_size']} fresh traces, lr {cfg['lr']} (warmup {cfg['warmup_steps']}, "
+        f"cosine to {cfg['min_lr_ratio']}x), seed {cfg['seed']}, data seed {cfg['data_seed']}",
+        f"- {meta['train_seconds']} s of training ({meta['steps_per_second']} steps/s) on {meta['hardware']} "
+        "(a shared machine: other jobs were running)",
+        f"- loss {meta['loss_first']} -> {meta['loss_last_50_mean']} (mean of the last 50 steps)",
+    ]
+    if ev:
+        lines += [
+            "",
+            f"Held-out ({ev['n']} questions never trained on, one sample each, temperature {ev['temperature']}, "
+            f"graded by {ev['grader']}):",
+            "",
+            "| accuracy | mean tokens | re-checked | accuracy when re-checked | accuracy otherwise | truncated |",
+            "|---|---|---|---|---|---|",
+            f"| {100 * ev['accuracy']:.1f}% | {ev['mean_tokens']} | {100 * ev['share_rechecked']:.1f}% | "
+            f"{100 * (ev['accuracy_rechecked'] or 0):.1f}% | {100 * (ev['accuracy_not_rechecked'] or 0):.1f}% | "
+            f"{100 * ev['share_truncated']:.1f}% |",
+        ]
+    path = Path(output_dir) / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------

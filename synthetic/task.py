@@ -6,8 +6,8 @@ because the generation prompt already opens `<think>`) computes running sums one
     12+34=46
     46+56=102
     Wait, let me check.
-    12+34=46
-    46+56=102
+    Check 12+34=46
+    Check 46+56=102
     </think>
 
     The answer is \\boxed{102}.
@@ -36,6 +36,10 @@ from pathlib import Path
 # The exact S-GRPO exit text (S-GRPO, Sec. 3; PAPERS.md): it closes the thinking itself.
 EXIT_TEXT = "Time is limited, stop thinking and start answering.\n</think>\n\n"
 RECHECK_TEXT = "Wait, let me check."
+# Re-check lines are marked: a 2-layer model cannot tell a re-check line from a first-pass one by a "Wait" 30 tokens
+# back, so without the mark it slips in both passes alike and re-checking stops paying (measured: 48% right with a
+# re-check vs 58% without, base v1). The mark makes "re-checks are careful" learnable, as the design intends.
+CHECK_PREFIX = "Check "
 END_THINK = "</think>\n\n"
 # The user message is the question alone (recipes and evaluation pass `prompt_template: "{question}"`): the
 # default instruction line would double the prompt, and the tiny model's compute, for no information.
@@ -139,7 +143,7 @@ def make_trace(numbers, rng: random.Random, cfg: TaskConfig = TaskConfig()) -> T
         n_rechecks += 1
         steps.append((RECHECK_TEXT, steps[-1][1]))
         more, total, _ = _one_pass(numbers, rng, cfg.recheck_slip_prob)
-        steps.extend((line, int(line.rsplit("=", 1)[1])) for line in more)
+        steps.extend((CHECK_PREFIX + line, int(line.rsplit("=", 1)[1])) for line in more)
         sums.append(total)
 
     cut_after = None
