@@ -14,6 +14,7 @@ export TOKENIZERS_PARALLELISM ?= false
 RECIPE ?= recipes/tiny/grpo.yaml
 ACCEL ?= accelerate_configs/single.yaml
 MODEL ?=
+FULL ?=
 BENCH ?= gsm8k
 ARGS ?=
 
@@ -39,7 +40,7 @@ test: install
 	$(PY) -m pytest -q tests $(ARGS)
 
 demo: install
-	$(PY) scripts/demo.py $(ARGS)
+	$(PY) scripts/demo.py $(if $(FULL),--full) $(ARGS)
 
 train: install
 	$(VENV)/bin/accelerate launch --config_file $(ACCEL) scripts/train.py --config $(RECIPE) $(ARGS)
