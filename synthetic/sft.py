@@ -54,7 +54,7 @@ class BaseConfig:
     num_heads: int = 2
     head_dim: int = 64  # vLLM's CPU attention needs 32/64/80/96/...
     intermediate_size: int = 256
-    steps: int = 1500
+    steps: int = 3000
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 100
