@@ -94,7 +94,10 @@ def vllm_available() -> bool:
 
 
 def child_env(args) -> dict:
-    env = dict(os.environ)
+    # Each stage is an independent single-process job: inherited torch.distributed variables (left by a vLLM
+    # engine or a launcher in the parent) would make two parallel jobs rendezvous on the same MASTER_PORT.
+    dist_vars = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("HF_DATASETS_OFFLINE", "1")
     env.setdefault("WANDB_MODE", "disabled")
