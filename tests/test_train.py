@@ -165,7 +165,7 @@ def test_grpo_torchrun_two_processes(tmp_path, tiny_model_path):
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        ["torchrun", "--nproc_per_node", "2", "--master_port", "29513", str(ROOT / "scripts/train.py"),
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29513", str(ROOT / "scripts/train.py"),
          "--config", str(TINY), "--model_name_or_path", str(tiny_model_path),
          "--dataset_name", str(ROOT / "recipes/tiny/data.jsonl"), "--output_dir", str(out),
          "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "2",
