@@ -213,7 +213,7 @@ def aggregate(results: dict[str, list[dict]]) -> list[dict]:
         if base and label != "base":
             row["d_accuracy_points"] = acc - b_acc
             row["d_tokens_percent"] = 100 * (tok - b_tok) / b_tok
-        if g_tok is not None and b_tok is not None and label not in ("base", "grpo"):
+        if g_tok is not None and b_tok is not None and label.startswith("gfpo"):  # ELR is GFPO's metric
             row["elr_percent"] = elr(g_tok, tok, b_tok)
         rows.append(row)
     return rows
