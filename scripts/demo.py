@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 METHODS = {
     "grpo": "grpo.yaml",
     "gfpo-shortest-4/16": "gfpo_shortest.yaml",
-    "gfpo-token-eff-4/16": "gfpo_token_efficiency.yaml",
+    "gfpo-token-eff-8/16": "gfpo_token_efficiency.yaml",
     "gfpo-adaptive": "gfpo_adaptive.yaml",
     "sgrpo": "sgrpo.yaml",
 }
