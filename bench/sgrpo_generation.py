@@ -200,7 +200,8 @@ def main():
     print(f"{'back-end':<26}{'full (s)':>10}{'serial (s)':>12}{'  of which exits':>17}{'GRPO G (s)':>12}"
           f"{'serial/full':>13}{'serial/GRPO':>13}{'exit prompt cached':>20}")
     for w in workers:
-        cmd = [sys.executable, __file__, "--_worker", w] + [a for a in sys.argv[1:]]
+        # Workers reuse the model built here: the last --model_dir on the command line wins.
+        cmd = [sys.executable, __file__, "--_worker", w, *sys.argv[1:], "--model_dir", str(model_dir)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
