@@ -29,14 +29,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# label -> recipe. GRPO must be present for ELR; the base is evaluated, not trained.
+# label -> recipe. GRPO must be present for ELR; the base is evaluated, not trained. A "-cos" row uses the cosine
+# length-aware reward and takes its ELR against "grpo-cos" (same reward, no filter) when that row is present.
 METHODS = {
     "grpo": "grpo.yaml",
     "gfpo-shortest-4/16": "gfpo_shortest.yaml",
     "gfpo-token-eff-8/16": "gfpo_token_efficiency.yaml",
     "gfpo-adaptive": "gfpo_adaptive.yaml",
     "sgrpo": "sgrpo.yaml",
+    "sgrpo-2x8": "sgrpo_parallel.yaml",
+    "grpo-cos": "grpo_cosine.yaml",
+    "gfpo-token-eff-8/16-cos": "gfpo_token_efficiency_cosine.yaml",
 }
+DEFAULT_METHODS = ["grpo", "gfpo-shortest-4/16", "gfpo-token-eff-8/16", "gfpo-adaptive", "sgrpo"]  # the rest: --methods
 RECIPES = ROOT / "recipes" / "synthetic"
 
 # Overrides of the recipes per size. CPU = the recipes as written.
@@ -60,7 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--full", action="store_true", help="GPU size: the design's 3.4M base and 60-step runs")
     p.add_argument("--quick", action="store_true", help="smoke run: one seed, 2 steps, 8 held-out questions")
     p.add_argument("--seeds", default=None, help="comma list (default 0,1,2; --quick: 0)")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {list(METHODS)}")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma list of {list(METHODS)} (default: {','.join(DEFAULT_METHODS)})")
     p.add_argument("--output_dir", default="outputs/demo")
     # Measured on the 2-core CPU (GRPO, 64 completions/step, shared machine): transformers 5.0-6.4 s/step, vLLM
     # colocate 3.6-6.1 s/step plus ~3 CPU-s more start-up per run: a wash within the noise, so the default is the
@@ -204,7 +210,9 @@ def aggregate(results: dict[str, list[dict]]) -> list[dict]:
     base = results.get("base")
     b_acc = mean_std([r["accuracy"] for r in base])[0] if base else None
     b_tok = mean_std([r["mean_tokens"] for r in base])[0] if base else None
-    g_tok = mean_std([r["mean_tokens"] for r in results["grpo"]])[0] if "grpo" in results else None
+    def mean_tokens(label):
+        return mean_std([r["mean_tokens"] for r in results[label]])[0] if label in results else None
+
     for label, per_seed in results.items():
         acc, acc_sd = mean_std([r["accuracy"] for r in per_seed])
         tok, tok_sd = mean_std([r["mean_tokens"] for r in per_seed])
@@ -213,6 +221,7 @@ def aggregate(results: dict[str, list[dict]]) -> list[dict]:
         if base and label != "base":
             row["d_accuracy_points"] = acc - b_acc
             row["d_tokens_percent"] = 100 * (tok - b_tok) / b_tok
+        g_tok = mean_tokens("grpo-cos" if label.endswith("-cos") and "grpo-cos" in results else "grpo")
         if g_tok is not None and b_tok is not None and label.startswith("gfpo"):  # ELR is GFPO's metric
             row["elr_percent"] = elr(g_tok, tok, b_tok)
         rows.append(row)
@@ -308,8 +317,11 @@ def main(argv=None) -> dict:
     # 3. Training runs.
     runs = [(m, s) for s in args.seed_list for m in args.method_list]
     run_dirs = {(m, s): out / "runs" / f"{m.replace('/', '-')}-s{s}" for m, s in runs}
+    ev_dirs = {(m, s): out / "eval" / f"{m.replace('/', '-')}-s{s}" for m, s in runs}
+    # A run is done when its checkpoint, or already its evaluation, exists (a copied eval/ resumes a table).
     todo = [(ms, train_cmd(args, *ms, base, data, d), env, out / "logs" / f"train-{d.name}.log")
-            for ms, d in run_dirs.items() if args.overwrite or not (d / "model.safetensors").exists()]
+            for ms, d in run_dirs.items()
+            if args.overwrite or not ((d / "model.safetensors").exists() or (ev_dirs[ms] / "summary.json").exists())]
     if len(todo) < len(runs):
         log(f"[3/4] {len(runs) - len(todo)}/{len(runs)} runs done before, kept (--overwrite redoes them)")
     t_train, n_done = time.time(), [0]

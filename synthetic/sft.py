@@ -36,7 +36,8 @@ from synthetic.task import (
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_DIR = ROOT / "synthetic" / "base"
 CACHE_ROOT = ROOT / "outputs" / "synthetic-base"
-FORMAT_VERSION = 2  # bump when the trace text or the training loop changes meaning (2: marked re-check lines)
+FORMAT_VERSION = 3  # bump when the trace text or the training loop changes meaning (2: marked re-check lines,
+# 3: "Total:" lines, token-level exit cuts, bare \boxed answers)
 BUCKET_POOL = 8
 
 

@@ -1,27 +1,32 @@
 """The synthetic "overthinking" task: sums of a few two-digit numbers, with verifiable answers.
 
 A question is "What is 12 + 34 + 56?". A reasoning trace (the completion, which starts *inside* the thinking,
-because the generation prompt already opens `<think>`) computes running sums one line at a time:
+because the generation prompt already opens `<think>`) computes running sums one line at a time, concludes each
+pass with its total, and may re-check:
 
     12+34=46
     46+56=102
+    Total: 102
     Wait, let me check.
     Check 12+34=46
     Check 46+56=102
+    Total: 102
     </think>
 
-    The answer is \\boxed{102}.
+    \\boxed{102}
 
 The miniature reproduces the three ingredients of the papers' experiment (DESIGN.md, "The synthetic benchmark"):
 - the first pass *slips* with probability `slip_prob`: one running sum is off by a small amount and the later
   sums carry the error on, so the answer is wrong;
 - optional "Wait, let me check." passes (each with probability `recheck_prob`, at most `max_rechecks`) redo the
-  work from the question and slip only with `recheck_slip_prob`; the answer is the last pass's sum. So longer
-  traces are more often right: the pressure under which GRPO lengthens answers, and the redundancy that GFPO and
-  S-GRPO remove;
-- a share `exit_cut_prob` of traces is cut after some line by the S-GRPO exit text and answers from the latest
-  running sum (right only when the cut falls after a complete, slip-free pass). They teach the model to answer
-  from what it has computed when S-GRPO forces an early exit.
+  work from the question and slip only with `recheck_slip_prob`; the answer is the last pass's total. So longer
+  traces are more often right: the pressure under which GRPO lengthens answers, and the redundancy (most of a
+  trace's tokens, as in real reasoning models) that GFPO and S-GRPO remove;
+- a share `exit_cut_prob` of traces is cut by the S-GRPO exit text at any token-like position, as S-GRPO cuts
+  (P ~ U(1, n), mid-line included), and answers from what was computed so far: the last concluded pass's total,
+  or before any "Total:" line the latest complete running sum. So an exit during a re-check answers the first
+  pass's total (right unless that pass slipped), and an exit inside the first pass answers a partial sum (wrong).
+  They teach the model to answer when S-GRPO forces an early exit.
 
 Held-out questions are disjoint from every training question, and both are reproducible from a seed.
 """
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,26 +46,31 @@ RECHECK_TEXT = "Wait, let me check."
 # back, so without the mark it slips in both passes alike and re-checking stops paying (measured: 48% right with a
 # re-check vs 58% without, base v1). The mark makes "re-checks are careful" learnable, as the design intends.
 CHECK_PREFIX = "Check "
+# Each pass ends by stating its total, as reasoning models do before "Wait, let me double-check": what a forced
+# exit answers is then a copy of the last "Total:" (learnable by a 2-layer model), not a search for a pass's end.
+TOTAL_PREFIX = "Total: "
 END_THINK = "</think>\n\n"
 # The user message is the question alone (recipes and evaluation pass `prompt_template: "{question}"`): the
 # default instruction line would double the prompt, and the tiny model's compute, for no information.
 PROMPT_TEMPLATE = "{question}"
 _SMALL_SLIPS = (-10, -2, -1, 1, 2, 10)  # a dropped/added unit or a wrong carry
+# Token-like pieces of the thinking (words, single digits, spaces, punctuation): the cut positions of exit traces.
+_PIECES = re.compile(r"[A-Za-z]+|\d|\s|[^A-Za-z\d\s]")
 
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """The generator's knobs; the defaults are the design's starting point (DESIGN.md)."""
+    """The generator's knobs; the defaults are the design's starting point (DESIGN.md), with more re-checking."""
 
     min_terms: int = 3
     max_terms: int = 5
     low: int = 10
     high: int = 99
-    slip_prob: float = 0.4
-    recheck_prob: float = 0.5
+    slip_prob: float = 0.5
+    recheck_prob: float = 0.7
     max_rechecks: int = 2
     recheck_slip_prob: float = 0.0
-    exit_cut_prob: float = 0.15
+    exit_cut_prob: float = 0.2
 
     def __post_init__(self):
         if not 2 <= self.min_terms <= self.max_terms:
@@ -85,7 +96,7 @@ class Trace:
     slipped: bool  # the first pass slipped
     n_rechecks: int
     cut: bool  # cut by the S-GRPO exit text
-    cut_after_line: int | None = None
+    cut_at_char: int | None = None  # the thinking's length kept before the exit text
     pass_sums: list[int] = field(default_factory=list)
 
     @property
@@ -127,7 +138,20 @@ def _one_pass(numbers, rng: random.Random, slip_prob: float) -> tuple[list[str],
 
 
 def answer_text(value) -> str:
-    return f"The answer is \\boxed{{{value}}}."
+    return f"\\boxed{{{value}}}"
+
+
+def answer_if_cut(thinking: str, first_number: int) -> int:
+    """What a trace cut after `thinking` answers: the last complete "Total: N" line, else the latest complete
+    running-sum line's result, else the question's first number (nothing computed yet). A line counts once its
+    newline is written: "46+56=10" may be a cut "102"."""
+    answer, total = first_number, None
+    for line in thinking.split("\n")[:-1]:  # the part after the last newline is an unfinished line
+        if line.startswith(TOTAL_PREFIX):
+            total = int(line[len(TOTAL_PREFIX):])
+        elif "=" in line:
+            answer = int(line.rsplit("=", 1)[1])
+    return total if total is not None else answer
 
 
 def make_trace(numbers, rng: random.Random, cfg: TaskConfig = TaskConfig()) -> Trace:
@@ -136,30 +160,26 @@ def make_trace(numbers, rng: random.Random, cfg: TaskConfig = TaskConfig()) -> T
     gold = sum(numbers)
     lines, total, slipped = _one_pass(numbers, rng, cfg.slip_prob)
     sums = [total]
-    # (line text, the latest running sum once this line is written) -- the cut answers from the latter.
-    steps = [(line, int(line.rsplit("=", 1)[1])) for line in lines]
+    text_lines = lines + [f"{TOTAL_PREFIX}{total}"]
     n_rechecks = 0
     while n_rechecks < cfg.max_rechecks and rng.random() < cfg.recheck_prob:
         n_rechecks += 1
-        steps.append((RECHECK_TEXT, steps[-1][1]))
         more, total, _ = _one_pass(numbers, rng, cfg.recheck_slip_prob)
-        steps.extend((CHECK_PREFIX + line, int(line.rsplit("=", 1)[1])) for line in more)
+        text_lines += [RECHECK_TEXT, *(CHECK_PREFIX + line for line in more), f"{TOTAL_PREFIX}{total}"]
         sums.append(total)
+    thinking = "".join(line + "\n" for line in text_lines)
 
-    cut_after = None
+    cut_at = None
     if rng.random() < cfg.exit_cut_prob:
-        # Cut after any line but the last (a cut after the last line would be an ordinary trace).
-        candidates = [i for i in range(len(steps) - 1) if steps[i][0] != RECHECK_TEXT]
-        if candidates:
-            cut_after = rng.choice(candidates)
-    if cut_after is None:
-        thinking = "".join(text + "\n" for text, _ in steps)
+        # P ~ U(1, n) over the thinking's pieces, as S-GRPO draws exit positions over the thought tokens.
+        ends = [m.end() for m in _PIECES.finditer(thinking)]
+        cut_at = ends[rng.randrange(len(ends))]
+    if cut_at is None:
         predicted = total
         completion = thinking + END_THINK + answer_text(predicted)
     else:
-        thinking = "".join(text + "\n" for text, _ in steps[: cut_after + 1])
-        predicted = steps[cut_after][1]
-        completion = thinking + EXIT_TEXT + answer_text(predicted)
+        predicted = answer_if_cut(thinking[:cut_at], numbers[0])
+        completion = thinking[:cut_at] + EXIT_TEXT + answer_text(predicted)
     return Trace(
         numbers=numbers,
         question=question_text(numbers),
@@ -168,8 +188,8 @@ def make_trace(numbers, rng: random.Random, cfg: TaskConfig = TaskConfig()) -> T
         predicted=predicted,
         slipped=slipped,
         n_rechecks=n_rechecks,
-        cut=cut_after is not None,
-        cut_after_line=cut_after,
+        cut=cut_at is not None,
+        cut_at_char=cut_at,
         pass_sums=sums,
     )
 
@@ -177,7 +197,7 @@ def make_trace(numbers, rng: random.Random, cfg: TaskConfig = TaskConfig()) -> T
 def clean_trace(numbers) -> str:
     """The shortest correct trace: one slip-free pass, no re-check, no cut."""
     lines, total = running_sum_lines(tuple(numbers))
-    return "".join(line + "\n" for line in lines) + END_THINK + answer_text(total)
+    return "".join(line + "\n" for line in lines) + f"{TOTAL_PREFIX}{total}\n" + END_THINK + answer_text(total)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,11 +14,13 @@ from synthetic.task import (
     END_THINK,
     EXIT_TEXT,
     RECHECK_TEXT,
+    TOTAL_PREFIX,
     TaskConfig,
     TrainSampler,
     build_splits,
     clean_trace,
     heldout_numbers,
+    answer_if_cut,
     make_trace,
     read_jsonl,
     running_sum_lines,
@@ -34,16 +36,21 @@ def _boxed(completion: str) -> int:
 
 
 def _pass_results(thinking: str) -> list[int]:
-    """The final running sum of each complete pass in a trace's thinking."""
-    passes = thinking.split(RECHECK_TEXT + "\n")
-    return [int(p.strip().splitlines()[-1].rsplit("=", 1)[1]) for p in passes if p.strip()]
+    """The final running sum of each complete pass in a trace's thinking, checked against its "Total:" line."""
+    out = []
+    for p in thinking.split(RECHECK_TEXT + "\n"):
+        lines = p.strip().splitlines()
+        if lines:
+            assert lines[-1].startswith(TOTAL_PREFIX) and lines[-1] == TOTAL_PREFIX + lines[-2].rsplit("=", 1)[1]
+            out.append(int(lines[-2].rsplit("=", 1)[1]))
+    return out
 
 
 def test_running_sums_hand_computed():
     assert running_sum_lines((12, 34, 56)) == (["12+34=46", "46+56=102"], 102)
     # A slip of +1 on the first line carries on to the end.
     assert running_sum_lines((12, 34, 56), slip_at=0, slip=1) == (["12+34=47", "47+56=103"], 103)
-    assert clean_trace((12, 34, 56)) == "12+34=46\n46+56=102\n</think>\n\nThe answer is \\boxed{102}."
+    assert clean_trace((12, 34, 56)) == "12+34=46\n46+56=102\nTotal: 102\n</think>\n\n\\boxed{102}"
 
 
 def test_task_config_rejects_bad_values():
@@ -59,14 +66,14 @@ def test_traces_structure_and_answers():
     traces = [make_trace(sampler.numbers(), rng, cfg) for _ in range(3000)]
     for t in traces:
         assert t.answer == str(sum(t.numbers))
-        assert t.completion.count("</think>") == 1 and t.completion.endswith("}.")
+        assert t.completion.count("</think>") == 1 and t.completion.endswith("}")
         assert _boxed(t.completion) == t.predicted
         assert cfg.min_terms <= len(t.numbers) <= cfg.max_terms
         assert all(cfg.low <= x <= cfg.high for x in t.numbers)
         thinking = t.completion.split("</think>")[0]
         assert thinking.count(RECHECK_TEXT) == (t.n_rechecks if not t.cut else thinking.count(RECHECK_TEXT))
         if not t.cut:
-            assert t.completion.endswith(END_THINK + f"The answer is \\boxed{{{t.predicted}}}.")
+            assert t.completion.endswith(END_THINK + f"\\boxed{{{t.predicted}}}")
             sums = _pass_results(thinking)
             assert sums == t.pass_sums and len(sums) == 1 + t.n_rechecks
             # Re-check passes (recheck_slip_prob=0) are always right and the answer is the last pass's sum.
@@ -76,30 +83,48 @@ def test_traces_structure_and_answers():
             assert (sums[0] != sum(t.numbers)) == t.slipped
     # Rates close to the config (3000 draws: ~4 standard errors of slack).
     n = len(traces)
-    assert abs(sum(t.slipped for t in traces) / n - 0.4) < 0.04
-    assert abs(sum(t.cut for t in traces) / n - 0.15) < 0.03
-    assert abs(sum(t.n_rechecks == 0 for t in traces) / n - 0.5) < 0.04
-    assert abs(sum(t.n_rechecks == 2 for t in traces) / n - 0.25) < 0.04
+    assert abs(sum(t.slipped for t in traces) / n - 0.5) < 0.04
+    assert abs(sum(t.cut for t in traces) / n - 0.2) < 0.03
+    assert abs(sum(t.n_rechecks == 0 for t in traces) / n - 0.3) < 0.04
+    assert abs(sum(t.n_rechecks == 2 for t in traces) / n - 0.49) < 0.04
     # Longer traces are more often right: the pressure under which GRPO lengthens answers.
     full = [t for t in traces if not t.cut]
     acc = {k: sum(t.correct for t in full if t.n_rechecks == k) / sum(t.n_rechecks == k for t in full) for k in (0, 1)}
     assert acc[0] < 0.7 and acc[1] == 1.0
 
 
-def test_exit_cut_traces_answer_from_latest_running_sum():
+def test_answer_if_cut_hand_computed():
+    trace = "12+34=47\n47+56=103\nTotal: 103\nWait, let me check.\nCheck 12+34=46\nCheck 46+56=102\nTotal: 102\n"
+    cases = {
+        "": 12, "1": 12, "12+34=4": 12, "12+34=47": 12,  # nothing complete yet: the question's first number
+        "12+34=47\n": 47, "12+34=47\n47+56=10": 47,  # an unfinished line does not count ("10" may be "103")
+        "12+34=47\n47+56=103\n": 103, "12+34=47\n47+56=103\nTotal: 10": 103,
+        # during the re-check: the first pass's (slipped) total, whatever the re-check's running sums say
+        "12+34=47\n47+56=103\nTotal: 103\nWait, let": 103,
+        "12+34=47\n47+56=103\nTotal: 103\nWait, let me check.\nCheck 12+34=46\nCheck 46+56=102\n": 103,
+        trace: 102,
+    }
+    for thinking, expected in cases.items():
+        assert answer_if_cut(thinking, 12) == expected, thinking
+
+
+def test_exit_cut_traces_answer_from_what_was_computed():
     rng, cfg = random.Random(2), TaskConfig(exit_cut_prob=1.0)
-    n_cut = 0
-    for _ in range(500):
+    n_mid_line, after_first_total = 0, []
+    for _ in range(2000):
         t = make_trace((rng.randint(10, 99) for _ in range(rng.randint(3, 5))), rng, cfg)
-        if not t.cut:  # only when no line but the last exists to cut after (never for >= 3 terms)
-            continue
-        n_cut += 1
+        assert t.cut
         before, after = t.completion.split(EXIT_TEXT)
-        assert after == f"The answer is \\boxed{{{t.predicted}}}."
-        last_line = before.strip().splitlines()[-1]
-        assert last_line != RECHECK_TEXT and t.predicted == int(last_line.rsplit("=", 1)[1])
-        assert EXIT_TEXT.endswith("</think>\n\n") and t.completion.count("</think>") == 1
-    assert n_cut == 500
+        assert after == f"\\boxed{{{t.predicted}}}" and t.completion.count("</think>") == 1
+        assert t.predicted == answer_if_cut(before, t.numbers[0]) and len(before) == t.cut_at_char > 0
+        n_mid_line += not before.endswith("\n")
+        complete_totals = [line for line in before.split("\n")[:-1] if line.startswith(TOTAL_PREFIX)]
+        if len(complete_totals) == 1:
+            # After the first pass's "Total:" line and before a re-check's: right exactly when it did not slip.
+            after_first_total.append((t.correct, not t.slipped))
+    # Cuts land anywhere, mid-line included, as S-GRPO's token-level exit positions do.
+    assert n_mid_line > 1000
+    assert len(after_first_total) > 400 and all(c == ok for c, ok in after_first_total)
 
 
 def test_slips_are_fixed_by_rechecks():
@@ -154,7 +179,7 @@ def test_encode_masks_prompt_and_exit_text():
     from synthetic.sft import BaseConfig, build_task_tokenizer, encode_example
 
     tok = build_task_tokenizer(BaseConfig())
-    cut = "12+34=46\n" + EXIT_TEXT + "The answer is \\boxed{46}."
+    cut = "12+34=46\n" + EXIT_TEXT + "\\boxed{46}"
     ids, mask = encode_example(tok, "What is 12 + 34 + 56?", cut)
     trained = tok.decode([i for i, m in zip(ids, mask, strict=True) if m])
     assert "Time is limited" not in trained and "What is" not in trained
@@ -230,6 +255,12 @@ def test_demo_aggregation_hand_computed():
     assert "elr_percent" not in rows["grpo"]
     table = demo.format_table(demo.aggregate(results))
     assert "| gfpo | 2 | 70.0 ± 2.8 | 105.0 ± 7.1 | +15.0 | +5.0% | 75% |" in table
+    # A "-cos" row (length-aware reward) takes its ELR against "grpo-cos", the same reward without the filter.
+    results["grpo-cos"] = [{"accuracy": 70.0, "mean_tokens": 140.0}]
+    results["gfpo-x-cos"] = [{"accuracy": 70.0, "mean_tokens": 110.0}]
+    rows = {r["method"]: r for r in demo.aggregate(results)}
+    assert rows["gfpo-x-cos"]["elr_percent"] == pytest.approx(75.0)  # (140 - 110) / (140 - 100)
+    assert rows["gfpo"]["elr_percent"] == pytest.approx(75.0)
 
 
 @pytest.mark.slow
