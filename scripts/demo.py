@@ -75,7 +75,8 @@ def parse_args(argv=None):
                    help="generation back-end of training (auto: vLLM when importable)")
     p.add_argument("--eval_backend", default="transformers", choices=["transformers", "vllm"])
     p.add_argument("--jobs", type=int, default=None,
-                   help="training/evaluation subprocesses run at once (default: 2 on a CPU machine, 1 with a GPU)")
+                   help="training/evaluation subprocesses run at once (default: 2 on a CPU machine; with a GPU, "
+                        "half the CPU cores up to 8: one tiny model leaves the GPU mostly idle)")
     p.add_argument("--threads", type=int, default=None,
                    help="OMP/torch threads per subprocess (default: cores / jobs on a CPU machine)")
     p.add_argument("--base_model", default=None,
@@ -291,8 +292,8 @@ def main(argv=None) -> dict:
     args.use_vllm = args.backend == "vllm" or (args.backend == "auto" and vllm_available())
     gpu = has_gpu()
     if args.jobs is None:
-        args.jobs = 1 if gpu else 2
-    if args.threads is None and not gpu:
+        args.jobs = max(1, min(8, (os.cpu_count() or 2) // 2)) if gpu else 2
+    if args.threads is None:
         args.threads = max(1, (os.cpu_count() or 2) // args.jobs)
     env = child_env(args)
     log(f"size {args.size}, seeds {args.seed_list}, methods {args.method_list}, generation back-end "
