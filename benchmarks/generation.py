@@ -175,6 +175,7 @@ class TransformersBackend:
                 results.append(GenOutput(ids, finished))
         return results
 
+
 class VLLMBackend:
     """vLLM offline engine on token ids (one request per sample, with its own seed), tensor parallel inside."""
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -266,11 +265,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def hardware() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
+    from synthetic.sft import cpu_name
+
     try:
         import torch
 
@@ -278,7 +274,7 @@ def hardware() -> str:
             return f"{torch.cuda.get_device_name(0)} (+ {os.cpu_count()} CPU cores)"
     except ImportError:
         pass
-    return f"{cpu}, {os.cpu_count()} CPU cores"
+    return f"{cpu_name()}, {os.cpu_count()} CPU cores"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -298,7 +294,7 @@ def main(argv=None) -> dict:
     env = child_env(args)
     log(f"size {args.size}, seeds {args.seed_list}, methods {args.method_list}, generation back-end "
         f"{'vLLM colocate' if args.use_vllm else 'transformers'} (training) / {args.eval_backend} (evaluation); "
-        f"{args.jobs} job(s) at a time, {args.threads or 'default'} thread(s) each; "
+        f"{args.jobs} job(s) at a time, {args.threads} thread(s) each; "
         f"hardware: {hardware()}; output {out}")
 
     # 1. Task data, split like the base model's (it never saw a held-out question).
@@ -318,7 +314,9 @@ def main(argv=None) -> dict:
     # 3. Training runs.
     runs = [(m, s) for s in args.seed_list for m in args.method_list]
     run_dirs = {(m, s): out / "runs" / f"{m.replace('/', '-')}-s{s}" for m, s in runs}
-    ev_dirs = {(m, s): out / "eval" / f"{m.replace('/', '-')}-s{s}" for m, s in runs}
+    # Evaluations: the base once per seed (sampling seed), every run.
+    evals = [("base", s, base) for s in args.seed_list] + [(m, s, run_dirs[(m, s)]) for m, s in runs]
+    ev_dirs = {(label, seed): out / "eval" / f"{label.replace('/', '-')}-s{seed}" for label, seed, _ in evals}
     # A run is done when its checkpoint, or already its evaluation, exists (a copied eval/ resumes a table).
     todo = [(ms, train_cmd(args, *ms, base, data, d), env, out / "logs" / f"train-{d.name}.log")
             for ms, d in run_dirs.items()
@@ -334,9 +332,7 @@ def main(argv=None) -> dict:
 
     run_all(todo, args.jobs, trained)
 
-    # 4. Evaluation on held-out questions: the base once per seed (sampling seed), every run.
-    evals = [("base", s, base) for s in args.seed_list] + [(m, s, run_dirs[(m, s)]) for m, s in runs]
-    ev_dirs = {(label, seed): out / "eval" / f"{label.replace('/', '-')}-s{seed}" for label, seed, _ in evals}
+    # 4. Evaluation on held-out questions.
     todo = [((label, seed), eval_cmd(args, model, data, ev_dirs[(label, seed)], seed, f"{label}-s{seed}"), env,
              out / "logs" / f"eval-{ev_dirs[(label, seed)].name}.log")
             for label, seed, model in evals
@@ -351,7 +347,7 @@ def main(argv=None) -> dict:
 
     run_all(todo, args.jobs, evaluated)
     results: dict[str, list[dict]] = {}
-    for (label, seed) in [(label, seed) for label, seed, _ in evals]:
+    for label, seed in ev_dirs:
         results.setdefault(label, []).append({"seed": seed, **read_eval(ev_dirs[(label, seed)])})
 
     # 5. Table and plots.
@@ -369,8 +365,8 @@ def main(argv=None) -> dict:
               "base": str(base), "rows": rows}
     (report_dir / "results.json").write_text(json.dumps(result, indent=1))
     # The project's report tool: per-run tables (seed by seed) and its plots.
-    per_run = [f"{label}-s{r['seed']}={out / 'eval' / (label.replace('/', '-') + '-s' + str(r['seed']))}"
-               for label, per_seed in results.items() for r in per_seed]
+    per_run = [f"{label}-s{r['seed']}={ev_dirs[(label, r['seed'])]}" for label, per_seed in results.items()
+               for r in per_seed]
     s0 = args.seed_list[0]
     report_cmd = [sys.executable, "scripts/report.py", *per_run, "--output_dir", str(report_dir / "per_run"),
                   "--baseline", f"base-s{s0}", "--title", "Synthetic benchmark, per run"]

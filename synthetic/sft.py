@@ -252,14 +252,17 @@ def hardware_string(device: str) -> str:
 
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or platform.machine()
+    return f"{cpu_name()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
     try:
         with open("/proc/cpuinfo") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
     except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
+        names = []
+    return names[0] if names else (platform.processor() or platform.machine())
 
 
 def save_checkpoint(model, tokenizer, meta: dict, output_dir: str | Path) -> Path:
@@ -377,8 +380,7 @@ def write_readme(output_dir: str | Path, meta: dict) -> Path:
         f"{cfg['num_heads']} heads of {cfg['head_dim']}, vocab {cfg['vocab_size']} (BPE on the task's text)",
         f"- {cfg['steps']} steps of {cfg['batch_size']} fresh traces, lr {cfg['lr']} (warmup {cfg['warmup_steps']}, "
         f"cosine to {cfg['min_lr_ratio']}x), seed {cfg['seed']}, data seed {cfg['data_seed']}",
-        f"- {meta['train_seconds']} s of training ({meta['steps_per_second']} steps/s) on {meta['hardware']} "
-        "(a shared machine: other jobs were running)",
+        f"- {meta['train_seconds']} s of training ({meta['steps_per_second']} steps/s) on {meta['hardware']}",
         f"- loss {meta['loss_first']} -> {meta['loss_last_50_mean']} (mean of the last 50 steps)",
     ]
     if ev:
