@@ -11,6 +11,7 @@ from trainers.serial_group import (
     exit_prompt_ids,
     exit_quantile_bins,
     exit_text_mask,
+    prefix_token_credit,
     sample_exit_positions,
     serial_advantages,
     serial_group_order,
@@ -139,3 +140,18 @@ def test_exit_logprobs_alignment():
 
 def test_exit_quantile_bins():
     assert exit_quantile_bins(torch.tensor([0.0, 0.24, 0.25, 0.5, 0.99, 1.0])).tolist() == [0, 0, 1, 2, 3, 3]
+
+
+def test_prefix_token_credit_hand_computed():
+    # Exits at P = 2, 5, 9 (they keep thought tokens 0..P-1); advantages [A_1, A_2, A_3, A_0], full rollout last.
+    cuts, adv = [2, 5, 9], [-0.3, 0.6, 0.1, -0.4]
+    assert prefix_token_credit(cuts, adv, 1) == pytest.approx(0.0)  # in every member: the advantages sum to 0
+    assert prefix_token_credit(cuts, adv, 4) == pytest.approx(0.6 + 0.1 - 0.4)  # exits 2, 3 and the full rollout
+    assert prefix_token_credit(cuts, adv, 5) == pytest.approx(0.1 - 0.4)  # P = 5 keeps tokens 0..4 only
+    assert prefix_token_credit(cuts, adv, 9) == pytest.approx(-0.4)  # the full rollout alone
+    # loss_type 'grpo': each member's term is divided by its response length.
+    assert prefix_token_credit(cuts, adv, 4, lengths=[4, 7, 11, 20]) == pytest.approx(0.6 / 7 + 0.1 / 11 - 0.4 / 20)
+    with pytest.raises(ValueError, match="m \\+ 1 advantages"):
+        prefix_token_credit(cuts, adv[:3], 4)
+    with pytest.raises(ValueError, match="one length per member"):
+        prefix_token_credit(cuts, adv, 4, lengths=[1, 2])

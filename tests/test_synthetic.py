@@ -278,3 +278,37 @@ def test_demo_quick_smoke(tmp_path):
         assert 0 <= r["accuracy"] <= 100 and r["tokens"] > 0 and r["per_seed"][0]["n_samples"] == 8
     assert (out / "quick" / "report" / "accuracy_vs_tokens_seeds.png").stat().st_size > 0
     assert "| grpo | 1 |" in proc.stdout
+
+
+def test_sgrpo_credit_of_the_recheck_decision():
+    # One full rollout that re-checks a sound pass; the credit of "Wait" (the first token after "Total: 102")
+    # depends on whether the earliest correct exit lands before it (synthetic/sgrpo_credit.py).
+    from transformers import AutoTokenizer
+
+    from synthetic.sft import SHIPPED_DIR
+    from synthetic.sgrpo_credit import decision_credit
+
+    tok = AutoTokenizer.from_pretrained(SHIPPED_DIR)
+    thinking = ("12+34=46\n46+56=102\nTotal: 102\n" + RECHECK_TEXT + "\nCheck 12+34=46\nCheck 46+56=102\n"
+                "Total: 102\n")
+    offsets = tok(thinking, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    wait = next(i for i, (start, _) in enumerate(offsets) if start >= thinking.index("Wait"))
+    in_first_pass, in_recheck = 3, len(offsets) - 4
+    # Exits: in the first pass (answers 12: wrong), right before "Wait" (answers 102), later (102): rewards
+    # 0, 1, 1/2, full 1/4; mean 7/16; A = -7/16, 9/16, 1/16, -3/16. "Wait" is in exit 3 and the full rollout.
+    _, tok_level = decision_credit(thinking, 12, "102", True, tok, cuts=[in_first_pass, wait, in_recheck])
+    assert tok_level == pytest.approx(1 / 16 - 3 / 16)  # pushed down: a correct exit came first
+    # Move the second exit into the re-check: "Wait" is now in exits 2, 3 and the full rollout -> pushed up.
+    seq, tok_level = decision_credit(thinking, 12, "102", True, tok, cuts=[in_first_pass, wait + 2, in_recheck])
+    assert tok_level == pytest.approx(9 / 16 + 1 / 16 - 3 / 16)
+    assert seq > 0
+
+
+def test_sgrpo_credit_cli_prints_the_four_cases(capsys):
+    from synthetic.sgrpo_credit import main
+
+    main(["--n", "60", "--slip_prob", "0.5"])
+    out = capsys.readouterr().out
+    for case in ("| sound | stop |", "| sound | re-check |", "| slipped | stop |", "| slipped | re-check |"):
+        assert case in out
+    assert "E[credit | stop] - E[credit | re-check]" in out and "60 full rollouts" in out

@@ -214,3 +214,24 @@ def serial_group_order(num_exits: int, num_full_rollouts: int = 1) -> list[tuple
 def exit_quantile_bins(fractions: torch.Tensor, num_bins: int = 4) -> torch.Tensor:
     """Bin index of each exit by thought fraction p/n: [0, 1/B) -> 0, ..., [(B-1)/B, 1] -> B-1."""
     return (fractions.clamp(0.0, 1.0) * num_bins).floor().clamp(max=num_bins - 1).to(torch.long)
+
+
+# ------------------------------------------------------------------------------------------- credit analysis
+def prefix_token_credit(cuts: Sequence[int], advantages: Sequence[float], token: int,
+                        lengths: Sequence[int] | None = None) -> float:
+    """Net advantage that thought token `token` (0-based) of the full rollout O_0 receives in one serial group.
+
+    The paper broadcasts each member's advantage to all its response tokens, and exit i's response starts with
+    O_0[:P_i]; so the token is trained by the full rollout and by every exit with P_i > token. Since the
+    advantages sum to zero, a token after the earliest correct exit (r = 1) is pushed down unless enough wrong
+    exits precede it. `advantages` = [A_1..A_m, A_0] in serial order (full rollout last), `cuts` = [P_1..P_m].
+    `lengths` = the members' response lengths |O_i| in the same order, for the per-sequence token mean of
+    loss_type 'grpo' (each term / |O_i|); None weighs all tokens alike (a token-level loss such as 'dapo').
+    """
+    if len(advantages) != len(cuts) + 1:
+        raise ValueError(f"need m + 1 advantages for m = {len(cuts)} exits, got {len(advantages)}")
+    if lengths is not None and len(lengths) != len(advantages):
+        raise ValueError(f"need one length per member ({len(advantages)}), got {len(lengths)}")
+    weight = (lambda i: 1.0) if lengths is None else (lambda i: 1.0 / lengths[i])
+    members = [i for i, p in enumerate(cuts) if p > token] + [len(cuts)]
+    return float(sum(advantages[i] * weight(i) for i in members))
