@@ -8,8 +8,9 @@
 Stages (each is skipped when its output exists, so an interrupted demo resumes; --overwrite redoes them):
 1. task data: outputs/demo/data/{train,heldout}.jsonl (synthetic/task.py; held-out questions never trained on);
 2. base model: the shipped synthetic/base when its config matches, else the cache, else SFT (synthetic/sft.py);
-3. every method x seed through `scripts/train.py --config recipes/synthetic/<method>.yaml`;
-4. every checkpoint (and the base, once per seed) through `scripts/evaluate.py` on the held-out questions;
+3. every method x seed through `scripts/train.py --config recipes/synthetic/<method>.yaml`,
+4. each checkpoint, as soon as it is trained, (and the base, once per seed) through `scripts/evaluate.py` on the
+   held-out questions;
 5. the table: accuracy / mean tokens, change against the base, ELR against GRPO, mean ± std over seeds, and the
    plots (outputs/demo/report/), plus scripts/report.py's per-run tables.
 """
@@ -126,15 +127,14 @@ def has_gpu() -> bool:
         return False
 
 
-def run_all(jobs: list[tuple], n_parallel: int, on_done) -> None:
-    """Run (key, cmd, env, log_path) jobs, n_parallel at a time: a tiny model leaves cores idle in Python overhead,
-    so two single-threaded runs on 2 cores finish sooner than two 2-threaded runs one after the other."""
+def run_all(jobs: list, n_parallel: int) -> None:
+    """Run jobs (callables), n_parallel at a time: a tiny model leaves cores idle in Python overhead, so two
+    single-threaded runs on 2 cores finish sooner than two 2-threaded runs one after the other."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     with ThreadPoolExecutor(max_workers=max(1, n_parallel)) as pool:
-        futures = {pool.submit(run, cmd, env, log_path): key for key, cmd, env, log_path in jobs}
-        for fut in as_completed(futures):
-            on_done(futures[fut], fut.result())
+        for fut in as_completed([pool.submit(job) for job in jobs]):
+            fut.result()  # a failed stage raises SystemExit with its log's tail
 
 
 def run(cmd: list[str], env: dict, log_path: Path) -> float:
@@ -318,34 +318,35 @@ def main(argv=None) -> dict:
     evals = [("base", s, base) for s in args.seed_list] + [(m, s, run_dirs[(m, s)]) for m, s in runs]
     ev_dirs = {(label, seed): out / "eval" / f"{label.replace('/', '-')}-s{seed}" for label, seed, _ in evals}
     # A run is done when its checkpoint, or already its evaluation, exists (a copied eval/ resumes a table).
-    todo = [(ms, train_cmd(args, *ms, base, data, d), env, out / "logs" / f"train-{d.name}.log")
-            for ms, d in run_dirs.items()
-            if args.overwrite or not ((d / "model.safetensors").exists() or (ev_dirs[ms] / "summary.json").exists())]
-    if len(todo) < len(runs):
-        log(f"[3/4] {len(runs) - len(todo)}/{len(runs)} runs done before, kept (--overwrite redoes them)")
-    t_train, n_done = time.time(), [0]
+    to_train = {ms: (train_cmd(args, *ms, base, data, d), out / "logs" / f"train-{d.name}.log")
+                for ms, d in run_dirs.items()
+                if args.overwrite or not ((d / "model.safetensors").exists() or (ev_dirs[ms] / "summary.json").exists())}
+    to_eval = {(label, seed): (eval_cmd(args, model, data, ev_dirs[(label, seed)], seed, f"{label}-s{seed}"),
+                               out / "logs" / f"eval-{ev_dirs[(label, seed)].name}.log")
+               for label, seed, model in evals
+               if args.overwrite or not (ev_dirs[(label, seed)] / "summary.json").exists()}
+    if len(to_train) < len(runs):
+        log(f"[3/4] {len(runs) - len(to_train)}/{len(runs)} runs done before, kept (--overwrite redoes them)")
+    t_train, n_done = time.time(), {"train": 0, "eval": 0}
 
-    def trained(key, dt):
-        n_done[0] += 1
-        eta = (time.time() - t_train) / n_done[0] * (len(todo) - n_done[0])
-        log(f"[3/4] {n_done[0]}/{len(todo)} {key[0]} seed {key[1]}: trained in {dt:.0f}s (ETA training {eta:.0f}s)")
+    def train_then_eval(key):
+        # One job per run, its evaluation right after its training: no core waits for the slowest training.
+        if key in to_train:
+            dt = run(to_train[key][0], env, to_train[key][1])
+            n_done["train"] += 1
+            eta = (time.time() - t_train) / n_done["train"] * (len(to_train) - n_done["train"])
+            log(f"[3/4] {n_done['train']}/{len(to_train)} {key[0]} seed {key[1]}: trained in {dt:.0f}s "
+                f"(ETA training ~{eta:.0f}s)")
+        if key in to_eval:
+            dt = run(to_eval[key][0], env, to_eval[key][1])
+            n_done["eval"] += 1
+            r = read_eval(ev_dirs[key])
+            log(f"[4/4] {n_done['eval']}/{len(to_eval)} eval {key[0]} seed {key[1]}: accuracy {r['accuracy']:.1f}%, "
+                f"{r['mean_tokens']:.1f} tokens ({dt:.0f}s)")
 
-    run_all(todo, args.jobs, trained)
-
-    # 4. Evaluation on held-out questions.
-    todo = [((label, seed), eval_cmd(args, model, data, ev_dirs[(label, seed)], seed, f"{label}-s{seed}"), env,
-             out / "logs" / f"eval-{ev_dirs[(label, seed)].name}.log")
-            for label, seed, model in evals
-            if args.overwrite or not (ev_dirs[(label, seed)] / "summary.json").exists()]
-    n_eval = [0]
-
-    def evaluated(key, dt):
-        n_eval[0] += 1
-        r = read_eval(ev_dirs[key])
-        log(f"[4/4] {n_eval[0]}/{len(todo)} eval {key[0]} seed {key[1]}: accuracy {r['accuracy']:.1f}%, "
-            f"{r['mean_tokens']:.1f} tokens ({dt:.0f}s)")
-
-    run_all(todo, args.jobs, evaluated)
+    # Longest first: the G = 16 runs, then S-GRPO's (~half as long on the CPU), then the base evaluations.
+    keys = sorted(runs, key=lambda ms: ms[0].startswith("sgrpo")) + [("base", s) for s in args.seed_list]
+    run_all([lambda k=k: train_then_eval(k) for k in keys if k in to_train or k in to_eval], args.jobs)
     results: dict[str, list[dict]] = {}
     for label, seed in ev_dirs:
         results.setdefault(label, []).append({"seed": seed, **read_eval(ev_dirs[(label, seed)])})
