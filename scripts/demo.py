@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """`make demo`: the papers' experiment in miniature, end to end, through the same code paths as a real run.
 
-    python scripts/demo.py                 # CPU size: shipped base, 3 seeds x 5 methods, ~30 min on 2 cores
+    python scripts/demo.py                 # CPU size: shipped base, 3 seeds x 5 methods, ~24 min on 2 idle cores
     python scripts/demo.py --quick         # smoke run: 1 seed, 2 steps, few questions (the test uses it)
     python scripts/demo.py --full          # GPU size (DESIGN.md): bigger base (trained if not cached), 60 steps
 
