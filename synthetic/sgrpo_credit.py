@@ -31,7 +31,7 @@ from synthetic.task import (  # noqa: E402
     END_THINK, EXIT_TEXT, TOTAL_PREFIX, TaskConfig, answer_if_cut, answer_text, make_trace, sample_numbers,
 )
 from trainers.serial_group import (  # noqa: E402
-    prefix_token_credit, sample_exit_positions, serial_advantages, sgrpo_rewards,
+    prefix_token_credit, sample_exit_positions, serial_advantages, sgrpo_rewards, thinking_span,
 )
 
 
@@ -43,21 +43,22 @@ class DecisionCredit:
     credit_tok: float  # token-level loss ('dapo')
 
 
-def decision_credit(thinking: str, first_number: int, gold: str, full_correct: bool, tokenizer, cuts=None,
+def decision_credit(thinking: str, first_number: int, gold: str, predicted: int, tokenizer, cuts=None,
                     num_exits: int = 8, generator: torch.Generator | None = None,
                     reward: str = "decay") -> tuple[float, float]:
     """Credit (per-sequence mean, token-level) of the first token after the first pass's "Total:" line of one
-    full rollout whose thinking is `thinking`. `cuts` (thought-token positions) default to the paper's draw."""
-    completion = thinking + END_THINK + answer_text(gold if full_correct else -1)
+    full rollout whose thinking is `thinking` and whose answer is `predicted`. `cuts` (thought-token positions)
+    default to the paper's draw."""
+    completion = thinking + END_THINK + answer_text(predicted)
     enc = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
     ends = [end for _, end in enc["offset_mapping"]]
-    n = sum(1 for end in ends if end <= len(thinking))  # thought tokens T_1..T_n
+    n = thinking_span(enc["input_ids"], tokenizer.convert_tokens_to_ids(END_THINK.strip())).length  # T_1..T_n
     first_pass_end = thinking.index("\n", thinking.index(TOTAL_PREFIX)) + 1
     decision = next(i for i, (start, _) in enumerate(enc["offset_mapping"]) if start >= first_pass_end)
     if cuts is None:
         cuts = sample_exit_positions(n, num_exits, generator)
     exit_answers = [answer_if_cut(thinking[: ends[p - 1]] if p else "", first_number) for p in cuts]
-    correct = torch.tensor([[str(a) == gold for a in exit_answers] + [full_correct]])
+    correct = torch.tensor([[str(a) == gold for a in exit_answers + [predicted]]])
     adv = serial_advantages(sgrpo_rewards(correct, reward))[0].tolist()
     n_tail = lambda a: len(tokenizer(EXIT_TEXT + answer_text(a), add_special_tokens=False)["input_ids"])  # noqa: E731
     lengths = [p + n_tail(a) for p, a in zip(cuts, exit_answers)] + [len(ends)]
@@ -72,7 +73,7 @@ def sample_credits(cfg: TaskConfig, tokenizer, n: int = 2000, num_exits: int = 8
         numbers = sample_numbers(rng, cfg)
         trace = make_trace(numbers, rng, cfg)
         thinking = trace.completion.split(END_THINK)[0]
-        seq, tok = decision_credit(thinking, numbers[0], trace.answer, trace.correct, tokenizer,
+        seq, tok = decision_credit(thinking, numbers[0], trace.answer, trace.predicted, tokenizer,
                                    num_exits=num_exits, generator=gen)
         out.append(DecisionCredit(trace.slipped, trace.n_rechecks > 0, seq, tok))
     return out

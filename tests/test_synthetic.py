@@ -296,10 +296,10 @@ def test_sgrpo_credit_of_the_recheck_decision():
     in_first_pass, in_recheck = 3, len(offsets) - 4
     # Exits: in the first pass (answers 12: wrong), right before "Wait" (answers 102), later (102): rewards
     # 0, 1, 1/2, full 1/4; mean 7/16; A = -7/16, 9/16, 1/16, -3/16. "Wait" is in exit 3 and the full rollout.
-    _, tok_level = decision_credit(thinking, 12, "102", True, tok, cuts=[in_first_pass, wait, in_recheck])
+    _, tok_level = decision_credit(thinking, 12, "102", 102, tok, cuts=[in_first_pass, wait, in_recheck])
     assert tok_level == pytest.approx(1 / 16 - 3 / 16)  # pushed down: a correct exit came first
     # Move the second exit into the re-check: "Wait" is now in exits 2, 3 and the full rollout -> pushed up.
-    seq, tok_level = decision_credit(thinking, 12, "102", True, tok, cuts=[in_first_pass, wait + 2, in_recheck])
+    seq, tok_level = decision_credit(thinking, 12, "102", 102, tok, cuts=[in_first_pass, wait + 2, in_recheck])
     assert tok_level == pytest.approx(9 / 16 + 1 / 16 - 3 / 16)
     assert seq > 0
 
