@@ -1,5 +1,7 @@
-"""Shared, session-scoped fixtures: one tiny model and tokenizer built locally for the whole run."""
+"""Shared, session-scoped fixtures: one tiny model and tokenizer built locally for the whole run; per-test isolation
+of the environment and of torch.distributed (vLLM engines and launchers leave both behind)."""
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -18,6 +20,37 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import pytest  # noqa: E402
+
+from trainers.vllm_cpu import cpu_kernel_flags  # noqa: E402
+
+
+def pytest_report_header(config):
+    # vLLM's CPU linear kernel (and whether TRL's weight sync can reload it) depends on these flags.
+    flags = " ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu_kernel_flags().items())
+    return f"CPU flags that change vLLM's CPU path: {flags} (see trainers/vllm_cpu.py)"
+
+
+@pytest.fixture(autouse=True)
+def isolate_env_and_process_group():
+    """Restore os.environ and tear down any process group / vLLM parallel state a test left, even if it failed.
+
+    TRL's colocate mode writes RANK/WORLD_SIZE/MASTER_* into os.environ and vLLM initialises torch.distributed in
+    this process; left behind, the next in-process trainer believes it is distributed."""
+    saved = dict(os.environ)
+    yield
+    if "vllm" in sys.modules:
+        from vllm.distributed import parallel_state
+
+        parallel_state.destroy_model_parallel()
+        parallel_state.destroy_distributed_environment()
+    if "torch" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(saved)
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
