@@ -3,6 +3,14 @@
 Files under `<output_dir>/<benchmark>/`: `samples*.jsonl` (one line per sample, appended as chunks finish;
 data-parallel shards write `samples.shard{i}.jsonl`), `protocol.json` and `summary.json`; the run's
 `<output_dir>/summary.json` gathers every benchmark for scripts/report.py.
+
+Overthinking profile (`exit_fractions`): every full sample also gets one record per fraction F (budget `exit=F`),
+its forced answer after round(F * n) of the full rollout's own n thought tokens. To keep the files small, an exit
+record's `completion` / `completion_ids` hold only what follows the shared thought prefix (the exit text and the
+forced answer); `prefix_tokens` says how many of the full record's `completion_ids` come before them, so the
+whole exit completion is `full["completion_ids"][:prefix_tokens] + exit["completion_ids"]`. Its token counts
+(`num_tokens`, `thinking_tokens`, ...) describe that whole completion. Grading the tail is grading the whole:
+the prefix holds no `</think>`, and the answer is read after the last one.
 """
 
 from __future__ import annotations
@@ -16,7 +24,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from benchmarks.generation import EXIT_TEXT, Backend, Budget, generate_completions, sample_seed
+from benchmarks.generation import (
+    EXIT_TEXT,
+    Backend,
+    Budget,
+    Completion,
+    fraction_exits,
+    generate_completions,
+    sample_seed,
+)
 from benchmarks.grading import count_tokens, grade
 from benchmarks.registry import Question
 
@@ -109,38 +125,76 @@ def check_protocol(bench_dir: Path, protocol: dict) -> None:
 class EvalStats:
     generated: int = 0
     seconds: float = 0.0
+    # The overthinking profile's share of the above: its forced exits, their time and their prompt tokens
+    # (those served from the back-end's prefix cache: vLLM; transformers has none).
+    exits_generated: int = 0
+    exit_seconds: float = 0.0
+    exit_prompt_tokens: int = 0
+    exit_cached_tokens: int = 0
 
     @property
     def samples_per_second(self) -> float | None:
         return self.generated / self.seconds if self.seconds > 0 else None
 
 
+def _record(benchmark: str, q: Question, i: int, budget: Budget, seed: int, prompt: str, comp: Completion,
+            tokenizer, think_end_id: int, require_thinking: bool, tail_from: int = 0) -> dict:
+    """One graded sample; `tail_from` > 0 stores only the ids from there on (an exit's shared prefix left out)."""
+    ids = comp.ids[tail_from:]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    extracted, correct = grade(text, q.answer, q.kind, require_thinking)
+    counts = count_tokens(comp.ids, think_end_id, comp.injected_at, comp.injected_len)
+    return {"benchmark": benchmark, "question_id": q.id, "sample_index": i, "budget": budget.key, "seed": seed,
+            "kind": q.kind, "prompt": prompt, "completion": text, "completion_ids": ids, "extracted": extracted,
+            "gold": q.answer, "correct": correct, **asdict(counts), "truncated": comp.truncated,
+            "forced_exit": comp.forced_exit}
+
+
 def run_benchmark(backend: Backend, tokenizer, questions: list[Question], benchmark: str, budgets: list[Budget],
                   n_samples: int, protocol: Protocol, bench_dir: Path, batch_size: int = 16,
                   shard_index: int = 0, num_shards: int = 1, progress: bool = True,
-                  stop_after: int | None = None, eos_ids: list[int] | None = None) -> EvalStats:
+                  stop_after: int | None = None, eos_ids: list[int] | None = None,
+                  exit_fractions: list[float] = ()) -> EvalStats:
     """Generate and grade every missing (question, sample, budget) of this shard, appending to the JSONL.
 
     Work goes in chunks of `batch_size` samples, each chunk appended and fsynced before the next starts, so an
     interruption loses at most one chunk. `stop_after` (tests) stops after that many chunks, like a kill.
+
+    `exit_fractions` (the overthinking profile; needs the full budget): in the chunk that generates a full
+    sample, its missing exits are generated right after it (`fraction_exits`) and appended with it; a full sample
+    already on disk gets its missing exits from its stored ids, so fractions can be added to a finished run.
     """
     from tqdm.auto import tqdm
 
+    full = Budget("full")
+    exit_budgets = [Budget("exit", f) for f in exit_fractions]
+    if exit_budgets and full not in budgets:
+        raise ValueError("exit fractions cut the full rollout: the full budget must be evaluated too")
     check_protocol(bench_dir, {**asdict(protocol), "benchmark": benchmark})
     out_path = bench_dir / ("samples.jsonl" if num_shards == 1 else f"samples.shard{shard_index}.jsonl")
-    done = {record_key(r) for r in read_records(bench_dir)}
+    existing = read_records(bench_dir)
+    done = {record_key(r) for r in existing}
+    stored_full = {(r["question_id"], r["sample_index"]): r for r in existing if r["budget"] == full.key}
     think_end_id = tokenizer.convert_tokens_to_ids("</think>")
     if think_end_id is None or think_end_id == tokenizer.unk_token_id:
         raise ValueError("the tokenizer has no `</think>` token: thinking budgets and token splits need one")
+    think_start_id = tokenizer.convert_tokens_to_ids("<think>")
+    think_start_id = None if think_start_id == tokenizer.unk_token_id else think_start_id
     exit_ids = tokenizer.encode(protocol.exit_text, add_special_tokens=False)
     eos_ids = eos_ids or eos_token_ids(tokenizer)
     prompts = {q.id: build_prompt(tokenizer, q.question, protocol.prompt_template, protocol.system_prompt,
                                   protocol.chat_template_kwargs) for q in questions}
 
+    def missing_exits(q: Question, i: int) -> list[Budget]:
+        return [b for b in exit_budgets if (q.id, i, b.key) not in done]
+
+    # A full item stays pending while its exits are missing (it is then read back, not generated again).
     pending = [(budget, q, i) for budget in budgets for qi, q in enumerate(questions) if qi % num_shards == shard_index
-               for i in range(n_samples) if (q.id, i, budget.key) not in done]
+               for i in range(n_samples)
+               if (q.id, i, budget.key) not in done or (budget == full and missing_exits(q, i))]
     stats = EvalStats()
-    bar = tqdm(total=len(pending), desc=f"{benchmark}", unit="sample", disable=not progress)
+    total = sum(1 + len(missing_exits(q, i)) - ((q.id, i, b.key) in done) if b == full else 1 for b, q, i in pending)
+    bar = tqdm(total=total, desc=f"{benchmark}", unit="sample", disable=not progress)
     chunks = 0
     for start in range(0, len(pending), batch_size):
         chunk = pending[start : start + batch_size]
@@ -148,23 +202,42 @@ def run_benchmark(backend: Backend, tokenizer, questions: list[Question], benchm
         t0 = time.perf_counter()
         for budget in dict.fromkeys(b for b, _, _ in chunk):  # one back-end call group per budget
             items = [(q, i) for b, q, i in chunk if b == budget]
-            seeds = [sample_seed(protocol.seed, benchmark, q.id, i) for q, i in items]
-            outs = generate_completions(backend, [prompts[q.id][1] for q, _ in items], seeds, budget,
+            new = [(q, i) for q, i in items if (q.id, i, budget.key) not in done]
+            seeds = [sample_seed(protocol.seed, benchmark, q.id, i) for q, i in new]
+            outs = generate_completions(backend, [prompts[q.id][1] for q, _ in new], seeds, budget,
                                         protocol.max_tokens, protocol.answer_max_tokens, eos_ids, think_end_id,
-                                        exit_ids)
-            for (q, i), seed, comp in zip(items, seeds, outs, strict=True):
-                text = tokenizer.decode(comp.ids, skip_special_tokens=True)
-                extracted, correct = grade(text, q.answer, q.kind, protocol.require_thinking)
-                counts = count_tokens(comp.ids, think_end_id, comp.injected_at, comp.injected_len)
-                records.append({
-                    "benchmark": benchmark, "question_id": q.id, "sample_index": i, "budget": budget.key,
-                    "seed": seed, "kind": q.kind, "prompt": prompts[q.id][0], "completion": text,
-                    "completion_ids": comp.ids, "extracted": extracted, "gold": q.answer, "correct": correct,
-                    **asdict(counts), "truncated": comp.truncated, "forced_exit": comp.forced_exit,
-                })
+                                        exit_ids) if new else []
+            for (q, i), seed, comp in zip(new, seeds, outs, strict=True):
+                records.append(_record(benchmark, q, i, budget, seed, prompts[q.id][0], comp, tokenizer,
+                                       think_end_id, protocol.require_thinking))
+            if budget == full and exit_budgets:
+                t1 = time.perf_counter()
+                rollouts = {(r["question_id"], r["sample_index"]): r["completion_ids"] for r in records
+                            if r["budget"] == full.key}
+                todo = [(q, i, missing_exits(q, i)) for q, i in items if missing_exits(q, i)]
+                seeds = [sample_seed(protocol.seed, benchmark, q.id, i) for q, i, _ in todo]
+                exits = fraction_exits(
+                    backend, [prompts[q.id][1] for q, _, _ in todo],
+                    [rollouts.get((q.id, i)) or stored_full[(q.id, i)]["completion_ids"] for q, i, _ in todo],
+                    seeds, [[b.value for b in bs] for _, _, bs in todo], protocol.answer_max_tokens, eos_ids,
+                    think_end_id, think_start_id, exit_ids)
+                for (q, i, bs), seed, row in zip(todo, seeds, exits, strict=True):
+                    for b, ex in zip(bs, row, strict=True):
+                        cut = ex.completion.injected_at
+                        rec = _record(benchmark, q, i, b, seed, prompts[q.id][0], ex.completion, tokenizer,
+                                      think_end_id, protocol.require_thinking, tail_from=cut)
+                        records.append({**rec, "prefix_tokens": cut, "exit_fraction": ex.fraction,
+                                        "thought_tokens": ex.thought_tokens,
+                                        "exit_thought_tokens": ex.exit_thought_tokens,
+                                        "thought_closed": ex.thought_closed})
+                        stats.exits_generated += 1
+                        stats.exit_prompt_tokens += len(prompts[q.id][1]) + cut + ex.completion.injected_len
+                        stats.exit_cached_tokens += ex.completion.cached_tokens
+                stats.exit_seconds += time.perf_counter() - t1
         stats.seconds += time.perf_counter() - t0
         stats.generated += len(records)
         _append(out_path, records)
+        done.update(record_key(r) for r in records)
         bar.update(len(records))
         chunks += 1
         if stop_after is not None and chunks >= stop_after:
@@ -181,7 +254,8 @@ def eos_token_ids(tokenizer, generation_config=None) -> list[int]:
 
 
 def regrade_records(records: list[dict], require_thinking: bool = True) -> list[dict]:
-    """Grade stored completions again (new grader, new gold) without generating."""
+    """Grade stored completions again (new grader, new gold) without generating; an exit record's stored tail
+    (exit text + forced answer) grades as its whole completion would."""
     out = []
     for r in records:
         extracted, correct = grade(r["completion"], r["gold"], r.get("kind", "math"), require_thinking)
@@ -216,7 +290,7 @@ def summarize_records(records: list[dict]) -> dict[str, dict[str, Any]]:
     for r in records:
         by_budget[r["budget"]].append(r)
     out = {}
-    for key, rows in sorted(by_budget.items(), key=lambda kv: _budget_order(kv[0])):
+    for key, rows in sorted(by_budget.items(), key=lambda kv: Budget.order(kv[0])):
         per_q: dict[str, list[bool]] = defaultdict(list)
         for r in rows:
             per_q[r["question_id"]].append(bool(r["correct"]))
@@ -242,15 +316,69 @@ def summarize_records(records: list[dict]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _budget_order(key: str) -> tuple[int, int]:
-    b = Budget.parse(key)
-    return ({"full": 0, "thinking": 1, "max_tokens": 2}[b.kind], b.value or 0)
+def exit_profile(records: list[dict]) -> dict[str, Any] | None:
+    """The overthinking profile of one benchmark from its records (full samples and their `exit=F` exits).
+
+    Only samples with their full record and every fraction count. Per fraction F (ascending):
+    - `accuracy`: pass@1 of the forced answers at F (as `pass_at_1`: per question, then over questions), beside
+      `full_accuracy`, the full answers' pass@1 on the same samples;
+    - `earliest_correct_share`: the share (pass_at_1-weighted) of samples whose earliest correct exit is at a
+      fraction <= F;
+    - `redundant_share`: over the samples whose full answer is correct, the thought tokens after the earliest
+      correct exit (n - p; 0 when no exit is correct) over all their thought tokens n (token-weighted). The
+      fractions form a grid, so this is a lower bound: the first correct cut may lie between two fractions.
+    A thought that never closed (`</think>` missing in the full rollout) is cut at fractions of the thought
+    tokens it generated; such samples count in the accuracies (`unclosed_samples` says how many) but never in
+    `redundant_share` (their full answer is never correct).
+    """
+    full: dict[tuple[str, int], dict] = {}
+    exits: dict[tuple[str, int], dict[float, dict]] = defaultdict(dict)
+    for r in records:
+        if r["budget"] == "full":
+            full[(r["question_id"], r["sample_index"])] = r
+        elif r["budget"].startswith("exit="):
+            exits[(r["question_id"], r["sample_index"])][float(r["exit_fraction"])] = r
+    fractions = sorted({f for by_f in exits.values() for f in by_f})
+    samples = [(key, full[key], exits[key]) for key in sorted(full) if set(exits.get(key, ())) >= set(fractions)]
+    if not fractions or not samples:
+        return None
+    acc_at: list[dict[str, list[bool]]] = [defaultdict(list) for _ in fractions]
+    early_by: list[dict[str, list[bool]]] = [defaultdict(list) for _ in fractions]
+    full_acc: dict[str, list[bool]] = defaultdict(list)
+    redundant = thought = solved = unclosed = 0
+    for (qid, _), fr, by_f in samples:
+        correct = [bool(by_f[f]["correct"]) for f in fractions]
+        first = next((k for k, c in enumerate(correct) if c), None)
+        for k in range(len(fractions)):
+            acc_at[k][qid].append(correct[k])
+            early_by[k][qid].append(first is not None and first <= k)
+        full_acc[qid].append(bool(fr["correct"]))
+        n = int(by_f[fractions[0]]["thought_tokens"])
+        unclosed += not by_f[fractions[0]]["thought_closed"]
+        if fr["correct"]:
+            solved += 1
+            thought += n
+            redundant += (n - int(by_f[fractions[first]]["exit_thought_tokens"])) if first is not None else 0
+    return {
+        "fractions": fractions,
+        "accuracy": [pass_at_1(a)[0] for a in acc_at],
+        "full_accuracy": pass_at_1(full_acc)[0],
+        "earliest_correct_share": [pass_at_1(e)[0] for e in early_by],
+        "redundant_share": redundant / thought if thought else None,
+        "redundant_thought_tokens": redundant, "solved_thought_tokens": thought,
+        "mean_thought_tokens": sum(int(e[fractions[0]]["thought_tokens"]) for _, _, e in samples) / len(samples),
+        "n_samples": len(samples), "solved_samples": solved, "unclosed_samples": unclosed,
+    }
 
 
 def write_summary(bench_dir: Path, benchmark: str, protocol: dict, n_samples: int, source: dict,
                   throughput: dict | None = None) -> dict:
+    records = read_records(bench_dir)
     summary = {"benchmark": benchmark, "source": source, "protocol": {**protocol, "samples_per_question": n_samples},
-               "budgets": summarize_records(read_records(bench_dir))}
+               "budgets": summarize_records(records)}
+    profile = exit_profile(records)
+    if profile:
+        summary["exit_profile"] = profile
     if throughput:
         summary["throughput"] = throughput
     (bench_dir / "summary.json").write_text(json.dumps(summary, indent=2))

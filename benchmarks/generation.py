@@ -6,10 +6,15 @@ against that call, so the two back-ends produce the same records. Per-sample see
 of how samples are batched, which is what lets an interrupted run resume and reach the same summary, and
 makes the thinking-budget run with seed s share its first B thinking tokens with the full run of seed s
 ("truncate vanilla CoT at the same budget", S-GRPO's budget study).
+
+A forced exit is built in two phases, whatever asks for it: phase 1 is a thought (cut at B tokens by a thinking
+budget, or a finished full rollout cut at a fraction of its own thought for the overthinking profile); phase 2
+appends the exit text and generates the answer under the protocol's answer limit, with the sample's seed + 1.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from dataclasses import dataclass
@@ -17,13 +22,15 @@ from typing import Protocol
 
 # S-GRPO (2505.07686) early-exit text, appended verbatim at the exit position.
 EXIT_TEXT = "Time is limited, stop thinking and start answering.\n</think>\n\n"
-_BUDGET_RE = re.compile(r"^(full|thinking=(\d+)|max_tokens=(\d+))$")
+_BUDGET_RE = re.compile(r"^(full|thinking=(\d+)|max_tokens=(\d+)|exit=(\d*\.?\d+))$")
+_BUDGET_ORDER = {"full": 0, "exit": 1, "thinking": 2, "max_tokens": 3}
 
 
 @dataclass(frozen=True)
 class GenOutput:
     ids: list[int]
     finished: bool  # stopped by eos or a stop token; False = hit the token limit
+    cached_tokens: int = 0  # prompt tokens served from the back-end's prefix cache (vLLM; 0 elsewhere)
 
 
 class Backend(Protocol):
@@ -33,26 +40,37 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class Budget:
-    """`full` (max_tokens of the protocol), `thinking=B` (forced exit after B thinking tokens) or
-    `max_tokens=N` (plain generation budget: the completion is cut at N tokens)."""
+    """`full` (max_tokens of the protocol), `thinking=B` (forced exit after B thinking tokens),
+    `max_tokens=N` (plain generation budget: the completion is cut at N tokens) or `exit=F` (the overthinking
+    profile: the full rollout's own thought cut after a fraction F of its tokens, then a forced exit)."""
 
     kind: str
-    value: int | None = None
+    value: int | float | None = None
 
     @property
     def key(self) -> str:
-        return "full" if self.kind == "full" else f"{self.kind}={self.value}"
+        if self.kind == "full":
+            return "full"
+        return f"exit={self.value:g}" if self.kind == "exit" else f"{self.kind}={self.value}"
 
     @classmethod
     def parse(cls, key: str) -> Budget:
         m = _BUDGET_RE.match(key)
         if not m:
-            raise ValueError(f"Bad budget {key!r}: use 'full', 'thinking=B' or 'max_tokens=N'")
+            raise ValueError(f"Bad budget {key!r}: use 'full', 'thinking=B', 'max_tokens=N' or 'exit=F'")
         if m.group(2):
             return cls("thinking", int(m.group(2)))
         if m.group(3):
             return cls("max_tokens", int(m.group(3)))
+        if m.group(4):
+            return cls("exit", float(m.group(4)))
         return cls("full")
+
+    @staticmethod
+    def order(key: str) -> tuple[int, float]:
+        """Sort key of a budget key: full, the exit fractions, thinking budgets, max-token budgets; by value."""
+        b = Budget.parse(key)
+        return _BUDGET_ORDER[b.kind], b.value or 0
 
 
 def sample_seed(seed: int, benchmark: str, question_id: str, sample_index: int) -> int:
@@ -67,6 +85,7 @@ class Completion:
     forced_exit: bool = False
     injected_at: int | None = None  # index of the first injected token (= B) when forced_exit
     injected_len: int = 0
+    cached_tokens: int = 0  # answer-phase prompt tokens served from the prefix cache (vLLM)
 
 
 def _cut_at_stop(ids: list[int], stop: set[int]) -> tuple[list[int], bool]:
@@ -76,13 +95,29 @@ def _cut_at_stop(ids: list[int], stop: set[int]) -> tuple[list[int], bool]:
     return ids, False
 
 
+def answer_seed(seed: int) -> int:
+    """Seed of a sample's answer phase after a forced exit (a new sampling stream, the same for every cut)."""
+    return (seed + 1) & 0x7FFFFFFF
+
+
+def answer_phase(backend: Backend, prompts: list[list[int]], prefixes: list[list[int]], seeds: list[int],
+                 answer_max_tokens: int, eos_ids: list[int]) -> list[GenOutput]:
+    """Phase 2 of a forced exit: continue prompt + prefix (a thought ending in the exit text, or closed by the
+    model's own `</think>`) for at most `answer_max_tokens`, with `answer_seed` of each sample's seed."""
+    return backend.generate([list(p) + list(x) for p, x in zip(prompts, prefixes, strict=True)], answer_max_tokens,
+                            [answer_seed(s) for s in seeds], eos_ids)
+
+
 def generate_completions(backend: Backend, prompts: list[list[int]], seeds: list[int], budget: Budget,
                          max_tokens: int, answer_max_tokens: int, eos_ids: list[int], think_end_id: int,
                          exit_ids: list[int]) -> list[Completion]:
     """Completions for one budget. Thinking budget B: generate up to B tokens, stopping early at `</think>`;
     when `</think>` did not come, the thinking is exactly those B tokens, the exit text is injected as token
     ids, and the answer is generated with at most `answer_max_tokens`. When the model closed its thinking
-    within B, the answer is generated under the same answer limit (seed + 1, a new sampling stream)."""
+    within B, the answer is generated under the same answer limit (seed + 1, a new sampling stream).
+    Exit fractions (`exit=F`) need the finished full rollout: `fraction_exits`."""
+    if budget.kind == "exit":
+        raise ValueError("exit=F cuts a finished full rollout: use fraction_exits on the full budget's completions")
     if budget.kind in ("full", "max_tokens"):
         limit = max_tokens if budget.kind == "full" else budget.value
         outs = backend.generate(prompts, limit, seeds, eos_ids)
@@ -102,13 +137,59 @@ def generate_completions(backend: Backend, prompts: list[list[int]], seeds: list
                 raise RuntimeError(f"back-end returned {len(ids)} tokens for a thinking budget of {budget.value}")
             todo.append((row, ids + list(exit_ids), True))
     if todo:
-        second = backend.generate([prompts[r] + p for r, p, _ in todo], answer_max_tokens,
-                                  [(seeds[r] + 1) & 0x7FFFFFFF for r, _, _ in todo], eos_ids)
+        second = answer_phase(backend, [prompts[r] for r, _, _ in todo], [p for _, p, _ in todo],
+                              [seeds[r] for r, _, _ in todo], answer_max_tokens, eos_ids)
         for (row, prefix, forced), out in zip(todo, second, strict=True):
             results[row] = Completion(prefix + list(out.ids), truncated=not out.finished, forced_exit=forced,
                                       injected_at=budget.value if forced else None,
                                       injected_len=len(exit_ids) if forced else 0)
     return results  # type: ignore[return-value]
+
+
+def fraction_cut(n_thought: int, fraction: float) -> int:
+    """Thought tokens an exit at `fraction` keeps: round(fraction * n), halves rounded up, within [0, n]."""
+    return min(n_thought, max(0, math.floor(fraction * n_thought + 0.5)))
+
+
+@dataclass(frozen=True)
+class FractionExit:
+    """One forced exit of the overthinking profile, cut from a finished full rollout."""
+
+    fraction: float
+    thought_tokens: int  # n: the rollout's own thought tokens (serial_group.thinking_span, the trainer's rule)
+    exit_thought_tokens: int  # p = fraction_cut(n, fraction): thought tokens kept before the exit text
+    thought_closed: bool  # False: the rollout never wrote `</think>`; n counts the thought tokens it generated
+    completion: Completion  # rollout[: start + p] + exit text + answer, as the model would have written it
+
+
+def fraction_exits(backend: Backend, prompts: list[list[int]], rollouts: list[list[int]], seeds: list[int],
+                   fractions: list[list[float]], answer_max_tokens: int, eos_ids: list[int], think_end_id: int,
+                   think_start_id: int | None, exit_ids: list[int]) -> list[list[FractionExit]]:
+    """Forced exits after a fraction of each rollout's own thought (the overthinking profile).
+
+    For rollout r and each fraction f in `fractions[r]`: n = its thought tokens (`thinking_span`, as S-GRPO's
+    trainer counts them: after a leading `<think>`, up to the first `</think>`; a thought that never closed
+    counts the tokens it generated, a trailing eos excluded), p = round(f * n); the exit keeps
+    `rollout[: start + p]`, appends the exit text once and answers in phase 2 (`answer_phase`). All exits go
+    to the back-end in one call, each after its rollout's prompt, so with vLLM they share the rollout's
+    prefix-cached blocks."""
+    from trainers.serial_group import thinking_span
+
+    jobs: list[tuple[int, float, int, int, bool, list[int]]] = []  # (row, f, n, p, closed, prefix)
+    for row, (ids, fs) in enumerate(zip(rollouts, fractions, strict=True)):
+        span = thinking_span(ids, think_end_id, think_start_id, eos_ids)
+        for f in fs:
+            p = fraction_cut(span.length, f)
+            jobs.append((row, f, span.length, p, span.closed, list(ids[: span.start + p]) + list(exit_ids)))
+    outs = answer_phase(backend, [prompts[j[0]] for j in jobs], [j[5] for j in jobs], [seeds[j[0]] for j in jobs],
+                        answer_max_tokens, eos_ids) if jobs else []
+    results: list[list[FractionExit]] = [[] for _ in rollouts]
+    for (row, f, n, p, closed, prefix), out in zip(jobs, outs, strict=True):
+        cut = len(prefix) - len(exit_ids)
+        completion = Completion(prefix + list(out.ids), truncated=not out.finished, forced_exit=True,
+                                injected_at=cut, injected_len=len(exit_ids), cached_tokens=out.cached_tokens)
+        results[row].append(FractionExit(f, n, p, closed, completion))
+    return results
 
 
 class SeededSampler:
@@ -206,7 +287,7 @@ class VLLMBackend:
             # Keep the stop token in the ids (as transformers does) whatever the vLLM version does with it.
             if finished and isinstance(c.stop_reason, int) and (not ids or ids[-1] != c.stop_reason):
                 ids.append(c.stop_reason)
-            results.append(GenOutput(ids, finished))
+            results.append(GenOutput(ids, finished, cached_tokens=int(getattr(out, "num_cached_tokens", 0) or 0)))
         return results
 
     def close(self) -> None:

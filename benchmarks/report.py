@@ -8,6 +8,10 @@ A run is the `summary.json` that scripts/evaluate.py writes: {"run": label, "ben
   overall column, e.g. R1-Distill-7B S-GRPO 76.10 / 3,556).
 - Change against a baseline run: accuracy in points, tokens in percent.
 - ELR (GFPO): (L_GRPO - L_X) / (L_GRPO - L_SFT), the share of GRPO's length growth over SFT that X removes.
+- Overthinking profile (`evaluate.py --exit_fractions`): pass@1 of the answers forced after a fraction F of each
+  sample's own thought, beside the full answer's; the share of samples whose earliest correct exit is at or
+  before F; the redundant share of the solved samples' thought tokens. `load_run` recomputes it from the saved
+  per-sample records (benchmarks.evaluation.exit_profile); overall = unweighted mean over the benchmarks.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ CANONICAL_ORDER = ["gsm8k", "aime24", "amc23", "math500", "gpqa_diamond", "aime2
 
 
 def load_run(path: str | Path, label: str | None = None) -> dict:
-    """A run summary from its `summary.json` or the evaluation output dir holding it."""
+    """A run summary from its `summary.json` or the evaluation output dir holding it. A benchmark with exit
+    fractions gets its `exit_profile` recomputed from the per-sample records beside the summary (when present),
+    so a regraded or resumed run reports what its records say."""
     path = Path(path)
     if path.is_dir():
         path = path / "summary.json"
@@ -30,6 +36,15 @@ def load_run(path: str | Path, label: str | None = None) -> dict:
     if label:
         run["run"] = label
     run.setdefault("run", path.parent.name)
+    for name, bench in run.get("benchmarks", {}).items():
+        bench_dir = path.parent / name
+        has_exits = any(Budget.parse(k).kind == "exit" for k in bench.get("budgets", {}))
+        if has_exits and any(bench_dir.glob("samples*.jsonl")):
+            from benchmarks.evaluation import exit_profile, read_records
+
+            profile = exit_profile(read_records(bench_dir))
+            if profile:
+                bench["exit_profile"] = profile
     return run
 
 
@@ -146,9 +161,10 @@ def elr_table(runs: list[dict], grpo: dict, sft: dict, benchmarks: list[str], bu
 
 
 def budget_keys(runs: list[dict]) -> list[str]:
-    keys = {k for r in runs for b in r.get("benchmarks", {}).values() for k in b.get("budgets", {})}
-    order = {"full": 0, "thinking": 1, "max_tokens": 2}
-    return sorted(keys, key=lambda k: (order[Budget.parse(k).kind], Budget.parse(k).value or 0))
+    """The runs' budget keys in order, without the exit fractions (the overthinking profile reports those)."""
+    keys = {k for r in runs for b in r.get("benchmarks", {}).values() for k in b.get("budgets", {})
+            if Budget.parse(k).kind != "exit"}
+    return sorted(keys, key=Budget.order)
 
 
 def budget_table(run: dict, benchmarks: list[str]) -> str:
@@ -162,6 +178,80 @@ def budget_table(run: dict, benchmarks: list[str]) -> str:
         ov = overall(run, benchmarks, key)
         cells.append(f"{_fmt_acc(ov[0], 2)} / {_fmt_tokens(ov[1])}" if ov else "-")
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ overthinking profile
+def profile(run: dict, bench: str) -> dict | None:
+    return run.get("benchmarks", {}).get(bench, {}).get("exit_profile")
+
+
+def overall_profile(run: dict, benchmarks: list[str]) -> dict | None:
+    """Unweighted mean over `benchmarks` of each profile figure, at the fractions every benchmark has; None when
+    a benchmark has no profile (the redundant share is None when one benchmark's is)."""
+    profiles = [profile(run, b) for b in benchmarks]
+    if not profiles or any(p is None for p in profiles):
+        return None
+    fractions = sorted(set.intersection(*(set(p["fractions"]) for p in profiles)))
+
+    def mean_at(field: str) -> list[float]:
+        return [sum(p[field][p["fractions"].index(f)] for p in profiles) / len(profiles) for f in fractions]
+
+    shares = [p["redundant_share"] for p in profiles]
+    return {"fractions": fractions, "accuracy": mean_at("accuracy"),
+            "full_accuracy": sum(p["full_accuracy"] for p in profiles) / len(profiles),
+            "earliest_correct_share": mean_at("earliest_correct_share"),
+            "redundant_share": None if None in shares else sum(shares) / len(shares),
+            "mean_thought_tokens": sum(p["mean_thought_tokens"] for p in profiles) / len(profiles),
+            "n_samples": sum(p["n_samples"] for p in profiles),
+            "unclosed_samples": sum(p["unclosed_samples"] for p in profiles)}
+
+
+def _profile_rows(runs: list[dict], benchmarks: list[str]) -> list[tuple[str, str, dict]]:
+    rows = []
+    for run in runs:
+        for b in benchmarks:
+            if profile(run, b):
+                rows.append((run["run"], display_name(b), profile(run, b)))
+        ov = overall_profile(run, benchmarks) if len(benchmarks) > 1 else None
+        if ov:
+            rows.append((run["run"], "overall", ov))
+    return rows
+
+
+def profile_fractions(runs: list[dict], benchmarks: list[str]) -> list[float]:
+    return sorted({f for run in runs for b in benchmarks for f in (profile(run, b) or {}).get("fractions", [])})
+
+
+def _at(p: dict, field: str, f: float) -> str:
+    return _fmt_acc(p[field][p["fractions"].index(f)]) if f in p["fractions"] else "-"
+
+
+def profile_table(runs: list[dict], benchmarks: list[str]) -> str:
+    """Rows (run, benchmark | overall): pass@1 (%) of the answers forced at each fraction F of the sample's own
+    thought, the full answer's, the redundant share (%) of the solved samples' thought tokens, mean thought
+    tokens and the samples profiled (of which never closed their thought)."""
+    fractions = profile_fractions(runs, benchmarks)
+    cols = ["run", "benchmark"] + [f"{f:g}" for f in fractions] + ["full", "redundant share", "thought tokens",
+                                                                  "samples (unclosed)"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for label, bench, p in _profile_rows(runs, benchmarks):
+        share = "-" if p["redundant_share"] is None else _fmt_acc(p["redundant_share"])
+        cells = [_at(p, "accuracy", f) for f in fractions] + [
+            _fmt_acc(p["full_accuracy"]), share, f"{p['mean_thought_tokens']:,.1f}",
+            f"{p['n_samples']} ({p['unclosed_samples']})"]
+        lines.append(f"| {label} | {bench} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def earliest_exit_table(runs: list[dict], benchmarks: list[str]) -> str:
+    """Rows (run, benchmark | overall): share (%) of samples whose earliest correct exit is at or before F."""
+    fractions = profile_fractions(runs, benchmarks)
+    cols = ["run", "benchmark"] + [f"<= {f:g}" for f in fractions]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for label, bench, p in _profile_rows(runs, benchmarks):
+        lines.append(f"| {label} | {bench} | " + " | ".join(_at(p, "earliest_correct_share", f) for f in fractions)
+                     + " |")
     return "\n".join(lines)
 
 
@@ -258,3 +348,29 @@ def plot_budget_curves(runs: list[dict], benchmarks: list[str], path: str | Path
     plt.close(fig)
     return Path(path)
 
+
+def plot_exit_profile(runs: list[dict], benchmarks: list[str], path: str | Path) -> Path:
+    """One panel per benchmark (and overall): pass@1 of the forced answers against the fraction of the sample's
+    own thought kept, a curve per run; the run's full answer is the hollow marker at 1 (dotted to the curve)."""
+    panels = benchmarks + (["overall"] if len(benchmarks) > 1 else [])
+    fig, axes = _grid(len(panels))
+    for ax, b in zip(axes, panels, strict=True):
+        for i, run in enumerate(runs):
+            p = overall_profile(run, benchmarks) if b == "overall" else profile(run, b)
+            if not p or not p["fractions"]:
+                continue
+            xs, ys = p["fractions"], [100 * a for a in p["accuracy"]]
+            ax.plot(xs, ys, "o-", color=f"C{i}", label=run["run"])
+            full = 100 * p["full_accuracy"]
+            ax.plot([xs[-1], 1.0], [ys[-1], full], ":", color=f"C{i}")
+            ax.plot([1.0], [full], "o", mfc="none", color=f"C{i}", ms=9)
+        ax.set_title(display_name(b) if b != "overall" else "overall (mean)")
+        _style_axis(ax, "fraction of its own thought before the forced exit")
+        ax.set_xlim(0, 1.05)
+    fig.suptitle("Forced-exit accuracy vs thought fraction (hollow: full answer)")
+    _legend_below(fig, axes)
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return Path(path)

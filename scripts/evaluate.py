@@ -5,6 +5,7 @@
         --tensor_parallel_size 2 --data_parallel_size 4
     python scripts/evaluate.py --config recipes/eval/sgrpo.yaml --model outputs/qwen3-8b-sgrpo
     python scripts/evaluate.py --model M --benchmarks aime24 --thinking_budgets 4096,8192 --no_full
+    python scripts/evaluate.py --model M --benchmarks gsm8k --exit_fractions 0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9
     python scripts/evaluate.py --output_dir outputs/eval/M --regrade        # grade stored samples again
 
 Outputs under --output_dir: `<benchmark>/samples*.jsonl` (one line per sample), `<benchmark>/summary.json`
@@ -77,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--thinking_budgets", default="", help="comma list of B: stop thinking at B tokens, inject the exit text")
     a("--max_tokens_budgets", default="", help="comma list of N: plain generation budgets (cut at N tokens)")
     a("--no_full", action="store_true", help="skip the unbudgeted run (max_tokens) when sweeping budgets")
+    a("--exit_fractions", default="",
+      help="overthinking profile: comma list of F in (0, 1]; each full sample is also cut after round(F * n) of its "
+           "own n thought tokens, the exit text injected and the answer forced (<= answer_max_tokens), and graded "
+           "(records `exit=F`; docs/overthinking-profile.md)")
     a("--backend", default="transformers", choices=["transformers", "vllm"])
     a("--dtype", default="auto", help="auto, bfloat16, float16, float32")
     a("--batch_size", type=int, help="samples per generate call and per resume chunk (16 transformers, 2048 vLLM)")
@@ -130,6 +135,16 @@ def _int_list(value: str, key: str) -> list[int]:
     return values
 
 
+def _fraction_list(value: str, key: str) -> list[float]:
+    try:
+        values = sorted({float(v) for v in str(value).split(",") if v.strip()})
+    except ValueError:
+        raise ValueError(f"--{key}: expected comma-separated fractions, got {value!r}") from None
+    if any(not 0 < v <= 1 for v in values):
+        raise ValueError(f"--{key}: fractions must be in (0, 1], got {values}")
+    return values
+
+
 def _pairs(value: str, key: str) -> dict[str, str]:
     out = {}
     for item in filter(None, (s.strip() for s in str(value).split(","))):
@@ -165,6 +180,9 @@ def validate(args: argparse.Namespace) -> None:
         [Budget("max_tokens", b) for b in _int_list(args.max_tokens_budgets, "max_tokens_budgets")]
     if not args.budgets:
         raise ValueError("--no_full needs --thinking_budgets or --max_tokens_budgets (nothing to evaluate)")
+    args.exit_fraction_list = _fraction_list(args.exit_fractions, "exit_fractions")
+    if args.exit_fraction_list and args.no_full:
+        raise ValueError("--exit_fractions cut each full sample's own thought: drop --no_full")
     args.benchmark_list = [b.strip() for b in str(args.benchmarks).split(",") if b.strip()]
     for name in args.benchmark_list:
         if not is_local_source(name):
@@ -275,6 +293,13 @@ def print_summaries(summaries: dict[str, dict]) -> None:
                   f"{s['mean_thinking_tokens']:>9.1f}{s['mean_answer_tokens']:>8.1f}"
                   f"{s['truncated']:>6}/{s['n_samples']:<4}{s['forced_exits']:>8}"
                   f"{(f'{tput:.2f}' if tput else '-'):>11}")
+    if any("exit_profile" in summary for summary in summaries.values()):
+        from benchmarks.report import earliest_exit_table, profile_table
+
+        run = {"run": "this run", "benchmarks": summaries}
+        print("\noverthinking profile: pass@1 (%) of the answers forced at each fraction of the own thought\n"
+              + profile_table([run], list(summaries)) + "\nearliest correct exit at or before each fraction (%)\n"
+              + earliest_exit_table([run], list(summaries)))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -353,10 +378,16 @@ def generate(args, out_dir: Path, model_path: str, adapter: str | None, tokenize
                                    answer_column=args.answer_column)
         stats = run_benchmark(backend, tokenizer, questions, key, args.budgets, samples_for(args, name), protocol,
                               out_dir / key, batch_size=args.batch_size, shard_index=args.shard_index,
-                              num_shards=args.num_shards, progress=not args.no_progress, eos_ids=eos)
+                              num_shards=args.num_shards, progress=not args.no_progress, eos_ids=eos,
+                              exit_fractions=args.exit_fraction_list)
         gen_stats[key] = {"samples_generated": stats.generated, "generation_seconds": round(stats.seconds, 3),
                           "samples_per_second": stats.samples_per_second, "backend": args.backend,
                           "batch_size": args.batch_size, "hardware": hardware()}
+        if stats.exits_generated:  # the profile's cost, inside the figures above
+            gen_stats[key].update({"exits_generated": stats.exits_generated,
+                                   "exit_seconds": round(stats.exit_seconds, 3),
+                                   "exit_prompt_tokens": stats.exit_prompt_tokens,
+                                   "exit_cached_prompt_tokens": stats.exit_cached_tokens})
     if hasattr(backend, "close"):
         backend.close()
     return gen_stats

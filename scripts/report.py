@@ -6,7 +6,9 @@
         --output_dir outputs/report
 
 Each run is `[label=]path` where path is an evaluation output dir or its summary.json. Writes report.md,
-accuracy_vs_tokens.png and, when a run has budgets, budget_curves.png under --output_dir, and prints the tables.
+accuracy_vs_tokens.png, budget_curves.png when a run has budgets and exit_profile.png when a run has exit
+fractions (the overthinking profile, recomputed from the per-sample records) under --output_dir, and prints the
+tables. Give a base and its S-GRPO / GFPO checkpoints to compare their profiles in one picture.
 """
 
 from __future__ import annotations
@@ -23,11 +25,15 @@ from benchmarks.report import (  # noqa: E402
     budget_keys,
     budget_table,
     delta_table,
+    earliest_exit_table,
     elr_table,
     load_run,
     main_table,
     plot_accuracy_vs_tokens,
     plot_budget_curves,
+    plot_exit_profile,
+    profile_fractions,
+    profile_table,
 )
 
 
@@ -82,6 +88,18 @@ def build_report(args) -> str:
             parts += [budget_table(run, benchmarks), ""]
         plot_budget_curves(budget_runs, benchmarks, out / "budget_curves.png")
         parts += ["![accuracy vs budget](budget_curves.png)"]
+    profile_runs = [r for r in runs if profile_fractions([r], benchmarks)]
+    if profile_runs:
+        parts += ["", "## Overthinking profile", "",
+                  "Each full sample cut after a fraction F of its own thought tokens, the exit text injected and the "
+                  "answer forced. Cells: pass@1 (%) of the forced answers at F, the full answers' (`full`), the "
+                  "redundant share (%) of the correctly answered samples' thought tokens (after their earliest "
+                  "correct exit), mean thought tokens, samples profiled (of which never closed their thought).", "",
+                  profile_table(profile_runs, benchmarks), "",
+                  "Share (%) of samples whose earliest correct exit is at or before F:", "",
+                  earliest_exit_table(profile_runs, benchmarks), ""]
+        plot_exit_profile(profile_runs, benchmarks, out / "exit_profile.png")
+        parts += ["![accuracy vs thought fraction](exit_profile.png)"]
     protocols = {r["run"]: next(iter(r["benchmarks"].values()), {}).get("protocol", {}) for r in runs}
     parts += ["", "## Protocols", ""]
     for label, proto in protocols.items():
