@@ -8,6 +8,7 @@ Real runs load by hub name with `datasets.load_dataset`; tests pass local files 
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,18 +118,110 @@ def is_local_source(source: str) -> bool:
     return Path(source).suffix.lower() in LOCAL_SUFFIXES or Path(source).exists()
 
 
+def _json_rows(path: Path, source: str, max_rows: int | None) -> list[dict]:
+    """The first `max_rows` rows (all with None) of a JSON Lines file, or of a JSON file holding a list of objects;
+    a ValueError names the file and the line that does not parse."""
+    rows: list[dict] = []
+    with open(path, encoding="utf-8") as f:
+        head = f.read(1 << 16).lstrip()
+    if path.suffix.lower() == ".json" and head.startswith("["):  # one JSON document: a list of row objects
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{source}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+        for i, row in enumerate(data[:max_rows] if max_rows else data):
+            if not isinstance(row, dict):
+                raise ValueError(f"{source}: item {i} of the JSON list is not an object with named fields")
+        return data[:max_rows] if max_rows else data
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{source}: line {number} is not valid JSON ({err.msg} at column {err.colno}); "
+                                 "each line must be one JSON object") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{source}: line {number} is a JSON {type(row).__name__}, not an object with "
+                                 "named fields; each line must be one JSON object")
+            rows.append(row)
+            if max_rows and len(rows) >= max_rows:
+                break
+    return rows
+
+
+def read_local_rows(source: str, max_rows: int | None = 5) -> list[dict]:
+    """The first rows of a local data file, read without `datasets`; ValueErrors name the file and what to fix:
+    missing, a folder, an unsupported suffix, empty, a line that does not parse."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ValueError(f"{source}: no such file (resolved to {path.resolve()}); fix the path")
+    if path.is_dir():
+        raise ValueError(f"{source}: is a folder; give one {'/'.join(sorted(LOCAL_SUFFIXES))} file")
+    suffix = path.suffix.lower()
+    if suffix not in LOCAL_SUFFIXES:
+        raise ValueError(f"{source}: unsupported file type {suffix or '(no suffix)'!r}; use one of "
+                         f"{sorted(LOCAL_SUFFIXES)}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{source}: the file is empty; it must hold at least one row")
+    try:
+        if suffix in (".jsonl", ".json"):
+            rows = _json_rows(path, source, max_rows)
+        elif suffix == ".csv":
+            import csv
+            from itertools import islice
+
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                rows = list(islice(reader, max_rows) if max_rows else reader)
+        else:
+            import pyarrow.parquet as pq
+
+            try:
+                table = pq.ParquetFile(path)
+            except Exception as err:  # pyarrow's own error types
+                raise ValueError(f"{source}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
+            if table.metadata.num_rows == 0:
+                rows = []
+            else:
+                batch = next(table.iter_batches(batch_size=max_rows or 1 << 16))
+                rows = batch.to_pylist()
+    except UnicodeDecodeError:
+        raise ValueError(f"{source}: not UTF-8 text; save it as UTF-8 {suffix}") from None
+    if not rows:
+        raise ValueError(f"{source}: holds no rows; it must hold at least one")
+    return rows
+
+
+def inspect_local_file(source: str, columns: dict[str, str | None], max_rows: int = 5) -> tuple[int, str]:
+    """Check a local data file from its first rows (see read_local_rows) and that its first row has `columns`
+    ({option name: column}). Returns (rows read, a short description)."""
+    rows = read_local_rows(source, max_rows)
+    for role, column in columns.items():
+        if column is not None and column not in rows[0]:
+            raise ValueError(f"{source}: {role}={column!r} is not a column; its first row has {sorted(rows[0])}: "
+                             f"set {role} to one of them")
+    return len(rows), f"columns {sorted(rows[0])}"
+
+
 def load_any(source: str, split: str | None = None, config: str | None = None, revision: str | None = None):
     """A `datasets.Dataset` from a hub name (with config/split/revision) or a local .jsonl/.json/.parquet/.csv.
 
-    Local files have a single split, `train`, whatever `split` says (datasets' convention for data_files).
+    Local files have a single split, `train`, whatever `split` says (datasets' convention for data_files). A local
+    file that cannot be read raises a ValueError naming it (and the line, for JSON Lines).
     """
     from datasets import load_dataset
 
     if is_local_source(source):
         suffix = Path(source).suffix.lower()
-        if suffix not in LOCAL_SUFFIXES:
-            raise ValueError(f"Local dataset {source!r}: unsupported suffix, use one of {sorted(LOCAL_SUFFIXES)}")
-        return load_dataset(LOCAL_SUFFIXES[suffix], data_files=str(source), split="train")
+        read_local_rows(source, max_rows=1)  # missing, folder, unsupported suffix, empty: one clear line
+        try:
+            return load_dataset(LOCAL_SUFFIXES[suffix], data_files=str(Path(source).expanduser()), split="train")
+        except Exception as err:  # datasets/pyarrow errors name neither the file nor the line
+            read_local_rows(source, max_rows=None)  # raises naming the bad line when there is one
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"{source}: cannot be read as {LOCAL_SUFFIXES[suffix]} ({first})") from err
     return load_dataset(source, config, split=split or "train", revision=revision)
 
 
@@ -141,6 +234,8 @@ def load_questions(source: str, split: str | None = None, config: str | None = N
     A missing column raises a ValueError naming the columns that exist.
     """
     ds = load_any(source, split=split, config=config, revision=revision)
+    if len(ds) == 0:
+        raise ValueError(f"{source!r} (split {split or 'train'!r}) holds no rows")
     for role, col in (("question_column", question_column), ("answer_column", answer_column), ("id_column", id_column)):
         if col is not None and col not in ds.column_names:
             raise ValueError(f"{role}={col!r} is not a column of {source!r}; columns: {ds.column_names}")

@@ -13,13 +13,14 @@ answer free to hang a training step. Here:
   that same capital letter (so `\\boxed{C}`, `\\boxed{(C)}`, `\\boxed{\\text{C}}` match "C"; `\\boxed{c}` does not);
 - everything else goes to math-verify (LaTeX then plain-expression extraction on `\\boxed{<answer>}`), in a child
   process with a hard time limit (grading.py);
-- cheap guards first: an answer longer than MAX_ANSWER_CHARS or nested deeper than MAX_BRACE_DEPTH is not sent to
-  math-verify. A guarded or timed-out answer scores as wrong, adds to GUARD_COUNTS, logs a warning, and, when TRL
+- cheap guards first: an answer longer than MAX_ANSWER_CHARS, nested deeper than MAX_BRACE_DEPTH, or holding an
+  invisible character (see has_invisible_chars) is not sent to math-verify. A guarded or timed-out answer scores as wrong, adds to GUARD_COUNTS, logs a warning, and, when TRL
   passes `log_metric`, is reported per call as `rewards/<name>/guarded`.
 """
 
 import logging
 import re
+import unicodedata
 from collections import Counter
 from functools import lru_cache
 
@@ -32,9 +33,22 @@ MAX_ANSWER_CHARS = 1000  # a boxed final answer longer than this is not an answe
 MAX_BRACE_DEPTH = 50  # deeper nesting only comes from degenerate text (and can blow the LaTeX parser's recursion)
 DEFAULT_TIMEOUT_S = 5.0  # per answer, hard (the grading worker is killed past it)
 
-# Why answers were scored 0 without a full grading: "too_long", "too_deep", "timeout". Process-wide, never reset.
+# Why answers were scored 0 without a full grading: "too_long", "too_deep", "invisible_chars", "timeout".
+# Process-wide, never reset.
 GUARD_COUNTS: Counter = Counter()
-GUARDED = ("too_long", "too_deep", "timeout")
+GUARDED = ("too_long", "too_deep", "invisible_chars", "timeout")
+_ORDINARY_WHITESPACE = frozenset("\t\n\r")
+
+
+def has_invisible_chars(text: str) -> bool:
+    """True when `text` holds a control character other than tab / newline / carriage return, a lone surrogate,
+    or another character of Unicode category C (format, private use, unassigned).
+
+    Such an answer is void (scored wrong): no reader sees these characters, and math-verify quietly drops them, so
+    `\\boxed{\\ud800 4 \\x00}` would grade as 4. A policy optimises against whatever the grader forgives; an
+    answer must be exactly what a reader would read, so nothing invisible is forgiven."""
+    return any(unicodedata.category(ch)[0] == "C" and ch not in _ORDINARY_WHITESPACE for ch in text)
+
 
 _GOLD_LETTER = re.compile(r"^\(?([A-J])\)?$")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
@@ -60,8 +74,10 @@ def extract_answer(completion, require_thinking: bool = True) -> str | None:
 
 def grade_answer(pred: str | None, gold, timeout_seconds: float = DEFAULT_TIMEOUT_S) -> str:
     """Grade an extracted answer against the gold answer: "correct", "wrong", or a guard reason in GUARDED."""
-    if pred is None:
+    if pred is None or gold is None:
         return "wrong"
+    if has_invisible_chars(pred):
+        return "invisible_chars"
     gold = str(gold).strip().strip("$").strip()
     letter = _GOLD_LETTER.match(gold)
     if letter:

@@ -62,7 +62,7 @@ def cosine_scaled_reward(
 
 def _lengths(completions, completion_ids) -> list[int]:
     if completion_ids is not None:
-        return [len(ids) for ids in completion_ids]
+        return [len(ids) if ids is not None else 0 for ids in completion_ids]
     return [len(completion_text(completion)) for completion in completions]
 
 

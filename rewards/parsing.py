@@ -20,8 +20,14 @@ def completion_text(completion) -> str:
     """
     if isinstance(completion, str):
         return completion
+    if completion is None:  # a failed generation: scored as an empty (wrong, badly formatted) completion
+        return ""
+    if isinstance(completion, dict):  # one message instead of a list of them
+        completion = [completion]
     parts = []
     for message in completion:
+        if not isinstance(message, dict):
+            continue
         content = message.get("content") or ""
         if not isinstance(content, str):  # typed content blocks: keep their text parts
             content = "".join(block.get("text", "") for block in content if isinstance(block, dict))

@@ -25,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmarks.evaluation import (  # noqa: E402
     DEFAULT_TEMPLATE,
@@ -36,11 +37,31 @@ from benchmarks.evaluation import (  # noqa: E402
     write_summary,
 )
 from benchmarks.generation import EXIT_TEXT, Budget  # noqa: E402
-from benchmarks.registry import PROTOCOL_SAMPLES, is_local_source, load_benchmark, resolve_benchmark  # noqa: E402
+from benchmarks.registry import (  # noqa: E402
+    PROTOCOL_SAMPLES,
+    is_local_source,
+    load_benchmark,
+    read_local_rows,
+    resolve_benchmark,
+)
+from input_checks import (  # noqa: E402
+    RANGE_RULES,
+    InputError,
+    check_argparse_values,
+    check_data_source,
+    check_model_path,
+    load_yaml_mapping,
+    looks_like_path,
+    quiet_argument_parser,
+    run_cli,
+)
+
+# Evaluation may sample greedily; every other range rule is the training one.
+EVAL_RANGE_RULES = [(r"^temperature$", lambda v: v >= 0, ">= 0 (0 = greedy)"), *RANGE_RULES]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = quiet_argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--config", help="YAML file whose keys are these options (flag names without dashes); flags override it")
     a("--model", help="hub name or local dir; a dir with adapter_config.json is a LoRA adapter on its base")
@@ -101,17 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
-    cfg_parser = argparse.ArgumentParser(add_help=False)
+    defaults = {action.dest: action.default for action in parser._actions}
+    cfg_parser = quiet_argument_parser(add_help=False)
     cfg_parser.add_argument("--config")
     known, _ = cfg_parser.parse_known_args(argv)
+    source, config = "", {}
     if known.config:
-        import yaml
-
-        config = yaml.safe_load(Path(known.config).read_text()) or {}
+        source = known.config
+        config = load_yaml_mapping(known.config, "--config")  # missing file, bad YAML, a key given twice
         dests = {action.dest for action in parser._actions}
         unknown = sorted(set(config) - dests)
         if unknown:
-            raise ValueError(f"{known.config}: unknown keys {unknown}; valid keys are the flags of scripts/evaluate.py")
+            import difflib
+
+            close = [m for k in unknown for m in difflib.get_close_matches(k, dests, n=1)]
+            hint = f" (did you mean {close}?)" if close else ""
+            raise InputError(f"{known.config}: unknown keys {unknown}{hint}; valid keys are the flags of "
+                             "scripts/evaluate.py")
         for key, value in config.items():
             if isinstance(value, dict) and key == "samples":
                 config[key] = ",".join(f"{k}={v}" for k, v in value.items())
@@ -121,7 +148,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 config[key] = json.dumps(value)
         parser.set_defaults(**config)
     args = parser.parse_args(argv)
-    validate(args)
+    for key in config:  # a YAML null where the option has a value by default
+        if getattr(args, key, None) is None and defaults.get(key) is not None:
+            raise InputError(f"{source}: `{key}` is empty; give a value or remove the key")
+    check_argparse_values(parser, args, EVAL_RANGE_RULES, source)
+    try:
+        validate(args)
+    except InputError:
+        raise
+    except ValueError as err:  # validate's checks: every ValueError there is about an input
+        raise InputError(str(err)) from None
     return args
 
 
@@ -161,6 +197,9 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError("--model is required (a hub name, a local checkpoint or a LoRA adapter dir)")
     if args.regrade and not args.output_dir:
         raise ValueError("--regrade needs --output_dir (the directory of the run to grade again)")
+    if args.regrade and not any((p / "protocol.json").exists() for p in Path(args.output_dir).glob("*")):
+        raise ValueError(f"--regrade --output_dir {args.output_dir}: holds no benchmark folder with protocol.json; "
+                         "give the output folder of an earlier run")
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     if not 0 < args.top_p <= 1:
@@ -184,11 +223,15 @@ def validate(args: argparse.Namespace) -> None:
     if args.exit_fraction_list and args.no_full:
         raise ValueError("--exit_fractions cut each full sample's own thought: drop --no_full")
     args.benchmark_list = [b.strip() for b in str(args.benchmarks).split(",") if b.strip()]
+    if not args.benchmark_list and not args.regrade:
+        raise ValueError("--benchmarks is empty: name at least one (gsm8k, math500, ...) or a local .jsonl file")
     for name in args.benchmark_list:
-        if not is_local_source(name):
+        if not is_local_source(name) and not looks_like_path(name):
             resolve_benchmark(name)  # raises with the list of valid names
     args.benchmark_file_map = {resolve_benchmark(k).name: v for k, v in _pairs(args.benchmark_files, "benchmark_files").items()}
-    args.sample_map = {bench_key(k): int(v) for k, v in _pairs(args.samples, "samples").items()}
+    args.sample_map = _sample_counts(args.samples)
+    if not args.regrade:
+        check_inputs(args)
     if args.backend == "transformers" and args.tensor_parallel_size > 1:
         raise ValueError("--tensor_parallel_size > 1 needs --backend vllm")
     if args.num_samples is not None and args.num_samples < 1:
@@ -198,6 +241,40 @@ def validate(args: argparse.Namespace) -> None:
     args.run_name = args.run_name or Path(args.output_dir).name
     if args.batch_size is None:
         args.batch_size = 2048 if args.backend == "vllm" else 16
+
+
+def _sample_counts(value) -> dict[str, int]:
+    counts = {}
+    for name, count in _pairs(value, "samples").items():
+        try:
+            counts[bench_key(name)] = int(count)
+        except ValueError:
+            raise ValueError(f"--samples {name}={count}: the count must be an integer >= 1") from None
+        if counts[bench_key(name)] < 1:
+            raise ValueError(f"--samples {name}={count}: the count must be an integer >= 1")
+    return counts
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Models and data without loading them: local folders and files exist and parse, hub ids have their shape."""
+    args.model_source = check_model_path(args.model, "--model", revision=args.revision, allow_adapter=True)
+    if args.base_model:
+        check_model_path(args.base_model, "--base_model", revision=args.revision)
+    if args.tokenizer and looks_like_path(args.tokenizer) and not Path(args.tokenizer).expanduser().is_dir():
+        raise InputError(f"--tokenizer {args.tokenizer}: no such folder; give the folder that holds tokenizer.json")
+    for name in args.benchmark_list:
+        if is_local_source(name) or looks_like_path(name):
+            check_data_source(name, "--benchmarks", {"--question_column": args.question_column,
+                                                    "--answer_column": args.answer_column})
+    for name, path in args.benchmark_file_map.items():
+        spec = resolve_benchmark(name)
+        columns = ["Question", "Correct Answer"] if spec.row_fn else [spec.question_column, spec.answer_column]
+        columns += [spec.id_column] if spec.id_column else []
+        check_data_source(path, f"--benchmark_files {name}=", {})
+        missing = [c for c in columns if c not in read_local_rows(path, max_rows=1)[0]]
+        if missing:
+            raise InputError(f"--benchmark_files {name}={path}: no column {missing}; the file must be shaped like "
+                             f"the hub rows of {spec.hub_name} (columns {columns})")
 
 
 def bench_key(name: str) -> str:
@@ -318,6 +395,8 @@ def main(argv: list[str] | None = None) -> dict:
         print_summaries(summaries)
         return write_run_summary(out_dir, args.run_name, summaries)
 
+    # A hub id that cannot be fetched (HF_HUB_OFFLINE=1 and not cached): say so before anything loads.
+    check_model_path(args.model, "--model", revision=args.revision, allow_adapter=True, require_available=True)
     if args.overwrite and out_dir.exists():
         import shutil
 
@@ -405,4 +484,4 @@ def hardware() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "evaluate.py")

@@ -19,6 +19,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from input_checks import (  # noqa: E402
+    InputError,
+    check_accelerate_config,
+    check_data_source,
+    check_json_file,
+    check_model_path,
+    check_values,
+    cli_values,
+    load_yaml_mapping,
+    run_cli,
+)
 
 DEFAULT_PROMPT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
 
@@ -66,18 +79,18 @@ class RecipeArguments:
     )
 
 
-class RecipeError(ValueError):
+class RecipeError(InputError):
     """A recipe that cannot run; the message says what to change."""
 
 
 def load_recipe(path: str) -> dict:
-    import yaml
-
-    with open(path) as f:
-        recipe = yaml.safe_load(f)
-    if not isinstance(recipe, dict):
-        raise RecipeError(f"{path}: a recipe must be a YAML mapping of key: value.")
-    return recipe
+    """The recipe's mapping; a missing file, bad YAML or a key given twice is a RecipeError."""
+    try:
+        return load_yaml_mapping(path, "--config")
+    except RecipeError:
+        raise
+    except InputError as err:
+        raise RecipeError(str(err)) from None
 
 
 def method_classes(method: str, load_trainer: bool = True):
@@ -92,6 +105,8 @@ def check_keys(recipe: dict, dataclass_types, source: str) -> None:
     """Unknown keys are errors, with the closest known key as the suggested fix."""
     known = {f.name for dc in dataclass_types for f in fields(dc)} | {"env"}
     for key in recipe:
+        if source == "command line" and (key == "help" or key.removeprefix("no_") in known):
+            continue  # argparse's --help and HfArgumentParser's --no_<flag> for true-by-default flags
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" Did you mean `{close[0]}`?" if close else ""
@@ -99,14 +114,18 @@ def check_keys(recipe: dict, dataclass_types, source: str) -> None:
 
 
 def num_processes_for(script_args: RecipeArguments) -> int:
+    """The process count: --num_processes, else the accelerate config's (which must exist and parse), else
+    WORLD_SIZE. The accelerate config is checked even when --num_processes overrides it."""
+    from_config = None
+    if script_args.accelerate_config:
+        try:
+            from_config = check_accelerate_config(script_args.accelerate_config, "--accelerate_config")
+        except InputError as err:
+            raise RecipeError(str(err)) from None
     if script_args.num_processes:
         return script_args.num_processes
-    if script_args.accelerate_config:
-        import yaml
-
-        with open(script_args.accelerate_config) as f:
-            accel = yaml.safe_load(f) or {}
-        return int(accel.get("num_processes", 1)) * int(accel.get("num_machines", 1) or 1)
+    if from_config is not None:
+        return from_config
     return int(os.environ.get("WORLD_SIZE", 1))
 
 
@@ -155,30 +174,56 @@ def batch_plan(per_device: int, num_processes: int, grad_accum: int, num_generat
 
 def parse(argv: list[str] | None = None):
     """Parse `--config recipe.yaml [--key value ...]` into (script_args, method_args, model_args)."""
-    from trl import ModelConfig, TrlParser
-
     argv = list(sys.argv[1:] if argv is None else argv)
     recipe, source = {}, "command line"
-    if "--config" in argv:
-        source = argv[argv.index("--config") + 1]
+    cli = cli_values(argv)
+    for flag in ("config", "method"):
+        if flag in cli and not isinstance(cli[flag], str):
+            raise RecipeError(f"--{flag} needs one value, got {cli[flag]!r}.")
+    if "config" in cli:
+        source = cli.pop("config")
         recipe = load_recipe(source)
-    method = recipe.get("method", "grpo")
-    if "--method" in argv:
-        method = argv[argv.index("--method") + 1]
+    method = cli.get("method", recipe.get("method", "grpo"))
+    if not isinstance(method, str):
+        raise RecipeError(f"{source}: `method` must be one of {sorted(METHODS)}, got {method!r}.")
+    from trl import ModelConfig  # after the recipe file's checks: importing trl takes seconds
+
     config_cls, _ = method_classes(method, load_trainer=False)
     types = (RecipeArguments, config_cls, ModelConfig)
     check_keys(recipe, types, source)
+    check_keys(cli, types, "command line")
+    try:  # types from the dataclass fields, ranges from input_checks.RANGE_RULES, before anything uses a value
+        check_values(recipe, types, source)
+        check_values(cli, types, "command line", from_text=True)
+    except RecipeError:
+        raise
+    except InputError as err:
+        raise RecipeError(str(err)) from None
     precheck_batch(recipe, config_cls, argv)
     if not _has_accelerator() and "use_cpu" not in recipe and "--use_cpu" not in argv:
         # Without a GPU: TrainingArguments refuses bf16 unless use_cpu is set (a dry run on a login node must still
         # validate a bf16 recipe), and accelerate forms a multi-process gloo group under torchrun only with it.
         argv += ["--use_cpu", "true"]
-    parser = TrlParser(types)
+    parser = _quiet_parser_class()(types)
     try:
         script_args, method_args, model_args = parser.parse_args_and_config(argv)
+    except RecipeError:
+        raise
     except ValueError as e:  # the config classes' own __post_init__ checks
         raise RecipeError(f"{source}: {e}") from e
     return script_args, method_args, model_args
+
+
+def _quiet_parser_class():
+    from trl import TrlParser
+
+    class QuietTrlParser(TrlParser):
+        """argparse prints the whole usage (200+ lines) before its one useful line: keep only that line."""
+
+        def error(self, message):
+            raise RecipeError(f"command line: {message}; see `python scripts/train.py --help`.")
+
+    return QuietTrlParser
 
 
 def _has_accelerator() -> bool:
@@ -232,7 +277,15 @@ def validate(script_args: RecipeArguments, method_args, model_args) -> dict:
             f"`reward_weights` has {len(weights)} entries but `reward_funcs` has {len(script_args.reward_funcs)}: "
             "give one weight per reward function."
         )
-    return batch_plan(
+    vllm_len = getattr(method_args, "vllm_max_model_length", None)
+    if vllm_len is not None and vllm_len <= method_args.max_completion_length:
+        raise RecipeError(
+            f"`vllm_max_model_length` ({vllm_len}) must hold the prompt and max_completion_length "
+            f"({method_args.max_completion_length}) tokens: raise it, or leave it unset."
+        )
+    if method_args.max_steps == -1 and method_args.num_train_epochs <= 0:
+        raise RecipeError("Nothing to train: set `max_steps` >= 1 or `num_train_epochs` > 0.")
+    plan = batch_plan(
         per_device=method_args.per_device_train_batch_size,
         num_processes=num_processes_for(script_args),
         grad_accum=method_args.gradient_accumulation_steps,
@@ -241,6 +294,30 @@ def validate(script_args: RecipeArguments, method_args, model_args) -> dict:
         steps_per_generation=method_args.steps_per_generation,
         whole_groups_per_rank=getattr(method_args, "requires_whole_groups_per_rank", False),
     )
+    check_files(script_args, method_args, model_args)  # last: the recipe's own logic errors come first
+    return plan
+
+
+def check_files(script_args: RecipeArguments, method_args, model_args) -> dict:
+    """The model (local folder with a config, or a hub id), the data (a local file that parses, is not empty and
+    has the named columns, or a hub dataset name) and a DeepSpeed config file: checked without loading weights.
+    Returns {"model": ..., "dataset": ...}, sentences saying which source each will use."""
+    try:
+        out = {
+            "model": check_model_path(model_args.model_name_or_path, "model_name_or_path",
+                                      revision=model_args.model_revision),
+            "dataset": check_data_source(script_args.dataset_name, "dataset_name",
+                                         {"question_column": script_args.question_column,
+                                          "answer_column": script_args.answer_column}),
+        }
+        deepspeed = getattr(method_args, "deepspeed", None)
+        if isinstance(deepspeed, str) and not deepspeed.lstrip().startswith("{"):
+            check_json_file(deepspeed, "`deepspeed`")
+    except RecipeError:
+        raise
+    except InputError as err:
+        raise RecipeError(str(err)) from None
+    return out
 
 
 def fill_length_kwargs(script_args: RecipeArguments, max_completion_length: int) -> None:
@@ -262,8 +339,8 @@ def load_train_dataset(script_args: RecipeArguments):
         dataset = load_questions(script_args.dataset_name, split=script_args.dataset_train_split,
                                  config=script_args.dataset_config, question_column=script_args.question_column,
                                  answer_column=script_args.answer_column)
-    except ValueError as e:
-        raise RecipeError(f"{e}; set question_column/answer_column") from e
+    except ValueError as e:  # load_questions names the file, the line or the column and what to set
+        raise RecipeError(f"`dataset_name` {e}") from e
     if script_args.max_train_samples:
         dataset = dataset.select(range(min(script_args.max_train_samples, len(dataset))))
     system = [{"role": "system", "content": script_args.system_prompt}] if script_args.system_prompt else []
@@ -276,6 +353,7 @@ def load_train_dataset(script_args: RecipeArguments):
 
 
 def print_plan(script_args, method_args, model_args, plan: dict) -> None:
+    files = check_files(script_args, method_args, model_args)
     keys = ["learning_rate", "max_steps", "num_train_epochs", "max_completion_length", "beta", "loss_type",
             "temperature", "use_vllm", "vllm_mode", "bf16", "gradient_checkpointing", "num_iterations"]
     from trl import GRPOConfig
@@ -285,8 +363,10 @@ def print_plan(script_args, method_args, model_args, plan: dict) -> None:
     out = {
         "method": script_args.method,
         "model": model_args.model_name_or_path,
+        "model_source": files["model"],
         "lora": {"r": model_args.lora_r, "alpha": model_args.lora_alpha} if model_args.use_peft else None,
         "dataset": f"{script_args.dataset_name}[{script_args.dataset_train_split}]",
+        "dataset_source": files["dataset"],
         "rewards": script_args.reward_funcs,
         "batch": plan,
         "training": {k: getattr(method_args, k) for k in keys},
@@ -294,6 +374,24 @@ def print_plan(script_args, method_args, model_args, plan: dict) -> None:
         "output_dir": method_args.output_dir,
     }
     print(json.dumps(out, indent=2, default=str))
+
+
+def check_tokenizer_early(script_args, method_args, model_args, local_only: bool = False) -> None:
+    """The method's tokenizer check (e.g. S-GRPO: `</think>` must be one token), before the model loads. With
+    `local_only` (the dry run) only for a local model folder: a hub tokenizer is not fetched."""
+    _, trainer_cls = method_classes(script_args.method)
+    check_tokenizer = getattr(sys.modules[trainer_cls.__module__], "check_tokenizer", None)
+    if check_tokenizer is None or (local_only and not os.path.isdir(os.path.expanduser(
+            model_args.model_name_or_path))):
+        return
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(model_args.model_name_or_path),
+                                              revision=model_args.model_revision)
+    try:
+        check_tokenizer(tokenizer, method_args)
+    except ValueError as e:
+        raise RecipeError(str(e)) from e
 
 
 def resolve_checkpoint(method_args) -> str | None:
@@ -314,8 +412,14 @@ def main(argv: list[str] | None = None):
     script_args, method_args, model_args = parse(argv)
     plan = validate(script_args, method_args, model_args)
     if script_args.dry_run:
+        check_tokenizer_early(script_args, method_args, model_args, local_only=True)
         print_plan(script_args, method_args, model_args, plan)
         return None
+    try:  # a hub id that cannot be fetched (HF_HUB_OFFLINE=1, not cached): say so before anything loads
+        check_model_path(model_args.model_name_or_path, "model_name_or_path", revision=model_args.model_revision,
+                         require_available=True)
+    except InputError as err:
+        raise RecipeError(str(err)) from None
 
     from trl import get_peft_config
 
@@ -323,15 +427,7 @@ def main(argv: list[str] | None = None):
 
     _, trainer_cls = method_classes(script_args.method)
     checkpoint = resolve_checkpoint(method_args)
-    check_tokenizer = getattr(sys.modules[trainer_cls.__module__], "check_tokenizer", None)
-    if check_tokenizer is not None:  # e.g. S-GRPO: `</think>` must be one token; fails before the model loads
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-        try:
-            check_tokenizer(tokenizer, method_args)
-        except ValueError as e:
-            raise RecipeError(str(e)) from e
+    check_tokenizer_early(script_args, method_args, model_args)
     dataset = load_train_dataset(script_args)
     reward_funcs = build_reward_funcs(script_args.reward_funcs, script_args.reward_kwargs)
     init_kwargs = dict(method_args.model_init_kwargs or {})
@@ -352,7 +448,9 @@ def main(argv: list[str] | None = None):
         peft_config=get_peft_config(model_args),
     )
     if trainer.accelerator.is_main_process:
+        ds = trainer.accelerator.state.deepspeed_plugin
         print(f"[concise-rl] {trainer_cls_name}: processes={trainer.accelerator.num_processes} "
+              f"distributed={trainer.accelerator.distributed_type.value} zero_stage={ds.zero_stage if ds else None} "
               f"G={method_args.num_generations} rows={len(dataset)} resume={checkpoint}", flush=True)
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(method_args.output_dir)
@@ -362,7 +460,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except RecipeError as e:
-        sys.exit(f"recipe error: {e}")
+    run_cli(main, "train.py")

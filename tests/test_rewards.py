@@ -335,3 +335,47 @@ def test_module_function_used_as_is_or_as_factory(tmp_path, monkeypatch):
             validate_reward_names(["my_rewards:make_constant"], {"my_rewards:make_constant": {"valu": 3.0}})
     finally:
         sys.modules.pop("my_rewards", None)
+
+
+# ---------------------------------------------------------------- bad inputs (issue 14)
+
+
+def test_none_completion_scores_as_empty_in_every_reward():
+    """A failed generation (None) scores like an empty completion in all five rewards, instead of a TypeError."""
+    kwargs = {"cosine": {"max_len": 10}, "soft_overlong": {"max_completion_len": 10, "soft_punish_cache": 2}}
+    names = ["accuracy", "format", "length_penalty", "cosine", "soft_overlong"]
+    rewards = dict(zip(names, build_reward_funcs(names, kwargs), strict=True))
+    empty = {name: f(prompts=["p"], completions=[""], completion_ids=[[]], answer=["42"])
+             for name, f in rewards.items()}
+    for name, f in rewards.items():
+        got = f(prompts=["p", "p"], completions=[None, done(r"\boxed{42}")], completion_ids=[[], [1, 2]],
+                answer=["42", "42"])
+        assert got[0] == empty[name][0], name
+    assert completion_text(None) == "" and completion_text([None, {"content": "a"}]) == "a"
+    assert extract_answer(None) is None and not is_correct(None, "42")
+
+
+def test_gold_none_is_wrong_not_the_text_none():
+    assert not is_correct(done(r"\boxed{None}"), None)
+
+
+@pytest.mark.parametrize("answer", [
+    "\ud800 42 \x00",  # a lone surrogate and NUL: math-verify drops both and would grade 42
+    "42\x00", "4\x082", "\x1b[0m42", "42\u200b", "\u202e42", "42\ufeff", "\ue00042",
+])
+def test_invisible_characters_void_an_answer(answer):
+    """A policy optimises against whatever the grader forgives: an answer with an invisible character is wrong,
+    and counted as guarded."""
+    from rewards.accuracy import has_invisible_chars
+
+    assert has_invisible_chars(answer)
+    before = GUARD_COUNTS["invisible_chars"]
+    assert not is_correct(done(rf"\boxed{{{answer}}}"), "42")
+    assert GUARD_COUNTS["invisible_chars"] == before + 1
+
+
+def test_ordinary_whitespace_and_unicode_text_still_grade():
+    from rewards.accuracy import has_invisible_chars
+
+    assert is_correct(done("\\boxed{\t42\n}"), "42") and is_correct(done("\\boxed{42\r}"), "42")
+    assert not has_invisible_chars("\\frac{π}{2} × 3 — é")
