@@ -210,3 +210,15 @@ def test_preference_pairs():
     # g0: chosen 0 (reward 1), losers {2 (r=1), 3 (r=0)} -> worst rank 3. g1: chosen 0 (both 0, rank), losers with
     # reward <= 0: none (2 and 3 are correct) -> skipped. g2: chosen 0, losers {2, 3} -> 3.
     assert sel.preference_pairs(R, rank, S) == [(0, 0, 3), (2, 0, 3)]
+
+
+def test_scoring_rows_equal_on_every_rank():
+    """Drop mode scores the same number of rows on every rank (ZeRO-3: unequal counts hang the job)."""
+    t = lambda *xs: torch.tensor(xs, dtype=torch.bool)  # noqa: E731
+    retained = torch.cat([t(1, 0, 0, 0, 1, 0, 0, 0), t(1, 1, 1, 0, 0, 0, 0, 0)])  # 2 on rank 0, 3 on rank 1
+    assert sel.local_scoring_rows(retained, 0, 2).tolist() == t(1, 1, 0, 0, 1, 0, 0, 0).tolist()
+    assert sel.local_scoring_rows(retained, 1, 2).tolist() == t(1, 1, 1, 0, 0, 0, 0, 0).tolist()
+    # a rank with nothing retained scores from row 0 (its padding rows copy row 0)
+    retained = torch.cat([t(0, 0, 0, 0), t(0, 1, 1, 0)])
+    assert sel.local_scoring_rows(retained, 0, 2).tolist() == t(1, 1, 0, 0).tolist()
+    assert sel.local_scoring_rows(torch.zeros(8, dtype=torch.bool), 1, 2).tolist() == t(1, 0, 0, 0).tolist()

@@ -329,10 +329,9 @@ class GFPOTrainer(GRPOTrainer):
             G = self.num_generations
             scores = sel.metric_scores(self.metric_weights, torch.zeros(lengths.numel()), lengths.float().cpu(), G)
             retained, _ = sel.topk_retained_mask(scores, self.current_k())
-            n, pi = len(local), self.accelerator.process_index
-            keep = retained.reshape(-1)[pi * n : (pi + 1) * n].clone()
-            if not keep.any():
-                keep[0] = True  # the padding rows copy row 0: it needs real log-probs
+            # Equal row counts on every rank (ZeRO-3). A rank with no retained row scores from row 0, which its
+            # padding rows copy, so they get real log-probs.
+            keep = sel.local_scoring_rows(retained, self.accelerator.process_index, self.accelerator.num_processes)
             self._gfpo_presel_keep = keep.to(device)
         return result
 

@@ -375,3 +375,20 @@ def preference_pairs(rewards: torch.Tensor, rank: torch.Tensor, retained: torch.
         if losers:
             pairs.append((b, chosen, max(losers, key=lambda i: rk[i])))
     return pairs
+
+
+def local_scoring_rows(retained: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Rows of `rank`'s slice that the no-grad old/ref log-prob passes score in drop mode, as a bool mask.
+
+    `retained` is the global (flattened) retained mask, identical on every rank; each rank holds an equal slice.
+    Every rank scores the same number of rows: its retained rows, then its first rejected rows up to the largest
+    retained count of any rank (at least 1). TRL scores in chunks of the batch size, and under ZeRO-3 every chunk is
+    a forward that gathers the sharded parameters on all ranks: unequal counts would mean unequal chunk counts and
+    a rank waiting forever. The extra rows' log-probs are computed but unused.
+    """
+    slices = retained.reshape(-1).reshape(world, -1)
+    target = max(1, int(slices.sum(1).max()))
+    keep = slices[rank].clone()
+    rejected = (~keep).nonzero().squeeze(1)
+    keep[rejected[: target - int(keep.sum())]] = True
+    return keep
