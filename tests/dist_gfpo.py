@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node 2 tests/dist_gfpo.py --model M --out DIR --per_device 6
     torchrun --nproc_per_node 1 tests/dist_gfpo.py --model M --out DIR --per_device 12
+    python scripts/cpu_launch.py --config_file accelerate_configs/zero3.yaml --num_processes 2 tests/dist_gfpo.py ...
 
 Completions come from a deterministic `rollout_func` (a function of the prompt and of the response's position in
 its group, independent of the rank and of the sampling RNG), so a 2-process run and a 1-process run on the same
@@ -164,7 +165,10 @@ def main():
         rank = trainer.accelerator.process_index
         path = Path(args.out) / name / f"rank{rank}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"world": trainer.accelerator.num_processes, "steps": trainer.gfpo_records}))
+        ds = trainer.accelerator.state.deepspeed_plugin
+        path.write_text(json.dumps({"world": trainer.accelerator.num_processes, "steps": trainer.gfpo_records,
+                                    "distributed": trainer.accelerator.distributed_type.value,
+                                    "zero_stage": ds.zero_stage if ds else None}))
         trainer.accelerator.wait_for_everyone()
 
 

@@ -292,13 +292,35 @@ def test_vllm_colocate(tiny_model_path, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- 2 ranks
+@pytest.fixture(scope="module")
+def one_process_selections(tiny_model_path, tmp_path_factory):
+    """The reference: each dist_gfpo variant in this process, with the 2-rank global batch on one rank."""
+    out = tmp_path_factory.mktemp("one")
+    refs = {}
+    for name, variant in dist_gfpo.VARIANTS.items():
+        one = record_steps(build_trainer(tiny_model_path, out / name, per_device_train_batch_size=12, **variant))
+        one.train()
+        refs[name] = one.gfpo_records
+    return refs
+
+
+LAUNCHERS = {
+    "ddp": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"],
+    # The users' zero3.yaml on CPU processes (tests/test_zero.py runs the rest of the ZeRO suite).
+    "zero3": [sys.executable, str(HERE.parent / "scripts" / "cpu_launch.py"), "--config_file",
+              str(HERE.parent / "accelerate_configs" / "zero3.yaml"), "--num_processes", "2",
+              "--main_process_port", "29534", "--timeout", "240"],
+}
+
+
 @pytest.mark.slow
-def test_two_process_selection_matches_one_process(tiny_model_path, tmp_path):
-    """torchrun --nproc_per_node 2 (gloo) vs the same seed in one process: identical selections, advantages and
-    difficulty digests on every rank; with groups straddling ranks in drop mode, every rank gets an equal batch."""
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_two_process_selection_matches_one_process(tiny_model_path, tmp_path, one_process_selections, launcher):
+    """torchrun --nproc_per_node 2 (gloo DDP) and DeepSpeed ZeRO-3 vs the same seed in one process: identical
+    selections, advantages and difficulty digests on every rank; with groups straddling ranks in drop mode, every
+    rank gets an equal batch."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
-    cmd += [
+    cmd = LAUNCHERS[launcher] + [
         str(HERE / "dist_gfpo.py"),
         "--model",
         str(tiny_model_path),
@@ -311,14 +333,12 @@ def test_two_process_selection_matches_one_process(tiny_model_path, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     for name, variant in dist_gfpo.VARIANTS.items():
-        one = record_steps(
-            build_trainer(tiny_model_path, tmp_path / "one" / name, per_device_train_batch_size=12, **variant)
-        )
-        one.train()
+        ref_steps = one_process_selections[name]
         r0, r1 = (json.loads((tmp_path / "two" / name / f"rank{r}.json").read_text()) for r in (0, 1))
         assert r0["world"] == r1["world"] == 2
-        assert len(r0["steps"]) == len(one.gfpo_records) == variant["max_steps"]
-        for ref, a, b in zip(one.gfpo_records, r0["steps"], r1["steps"], strict=True):
+        assert r0["zero_stage"] == (3 if launcher == "zero3" else None)
+        assert len(r0["steps"]) == len(ref_steps) == variant["max_steps"]
+        for ref, a, b in zip(ref_steps, r0["steps"], r1["steps"], strict=True):
             for key in ("retained", "advantages", "k", "digest"):
                 assert ref[key] == a[key] == b[key], (name, key)
             assert a["local_rows"] == b["local_rows"] and a["loss_rows"] == b["loss_rows"]
