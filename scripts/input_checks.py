@@ -107,8 +107,9 @@ def check_json_file(path: str, what: str) -> dict:
 
 
 def check_accelerate_config(path: str, what: str = "accelerate_config") -> int:
-    """An accelerate config file that exists and parses; returns its process count (num_processes x machines).
-    A DeepSpeed config file it names must exist and parse too."""
+    """An accelerate config file that exists and parses; returns its process count. Accelerate's `num_processes`
+    is the total over all machines (`--num_processes` of `accelerate launch`), not a per-machine count. A DeepSpeed
+    config file it names must exist and parse too."""
     config = load_yaml_mapping(path, what)
     counts = {}
     for key in ("num_processes", "num_machines"):
@@ -123,7 +124,10 @@ def check_accelerate_config(path: str, what: str = "accelerate_config") -> int:
         raise InputError(f"{what} {path}: `deepspeed_config` must be a mapping, got {deepspeed!r}.")
     if deepspeed.get("deepspeed_config_file"):
         check_json_file(str(deepspeed["deepspeed_config_file"]), f"{what} {path}: deepspeed_config_file")
-    return counts["num_processes"] * counts["num_machines"]
+    if counts["num_processes"] % counts["num_machines"]:
+        raise InputError(f"{what} {path}: `num_processes` ({counts['num_processes']}) is the total over all machines "
+                         f"and must be a multiple of `num_machines` ({counts['num_machines']}).")
+    return counts["num_processes"]
 
 
 # ----------------------------------------------------------------------------------------- types and ranges

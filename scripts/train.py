@@ -439,6 +439,10 @@ def main(argv: list[str] | None = None):
         init_kwargs.setdefault("attn_implementation", model_args.attn_implementation)
     method_args.model_init_kwargs = init_kwargs
 
+    if method_args.use_vllm:  # on a CPU, vLLM must keep weights that TRL's sync can reload (trainers/vllm_cpu.py)
+        from trainers.vllm_cpu import keep_weights_reloadable
+
+        keep_weights_reloadable()
     trainer_cls_name = trainer_cls.__name__
     trainer = trainer_cls(
         model=model_args.model_name_or_path,
