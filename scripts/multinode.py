@@ -37,9 +37,8 @@ def plan(config: str, nodes: int, gpus_per_node: int = 8, vllm_nodes: int = 0,
          main_port: int = 29500, vllm_host: str = "$VLLM_HOST", vllm_tensor_parallel_size: int = 1,
          train_args: list[str] | None = None) -> dict:
     """Roles, commands and batch arithmetic for `nodes` nodes of `gpus_per_node` GPUs; node i has machine rank i."""
-    import yaml
-
     import train
+    import yaml
 
     train_args = list(train_args or [])
     if nodes < 1 or gpus_per_node < 1:

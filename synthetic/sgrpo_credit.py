@@ -28,10 +28,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from synthetic.task import (  # noqa: E402
-    END_THINK, EXIT_TEXT, TOTAL_PREFIX, TaskConfig, answer_if_cut, answer_text, make_trace, sample_numbers,
+    END_THINK,
+    EXIT_TEXT,
+    TOTAL_PREFIX,
+    TaskConfig,
+    answer_if_cut,
+    answer_text,
+    make_trace,
+    sample_numbers,
 )
 from trainers.serial_group import (  # noqa: E402
-    prefix_token_credit, sample_exit_positions, serial_advantages, sgrpo_rewards, thinking_span,
+    prefix_token_credit,
+    sample_exit_positions,
+    serial_advantages,
+    sgrpo_rewards,
+    thinking_span,
 )
 
 
@@ -61,7 +72,7 @@ def decision_credit(thinking: str, first_number: int, gold: str, predicted: int,
     correct = torch.tensor([[str(a) == gold for a in exit_answers + [predicted]]])
     adv = serial_advantages(sgrpo_rewards(correct, reward))[0].tolist()
     n_tail = lambda a: len(tokenizer(EXIT_TEXT + answer_text(a), add_special_tokens=False)["input_ids"])  # noqa: E731
-    lengths = [p + n_tail(a) for p, a in zip(cuts, exit_answers)] + [len(ends)]
+    lengths = [p + n_tail(a) for p, a in zip(cuts, exit_answers, strict=True)] + [len(ends)]
     return prefix_token_credit(cuts, adv, decision, lengths), prefix_token_credit(cuts, adv, decision)
 
 

@@ -73,7 +73,7 @@ def assert_same(a, b, path="state"):
             assert_same(a[k], b[k], f"{path}.{k}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same(x, y, f"{path}[{i}]")
     elif hasattr(a, "__dict__"):  # e.g. DeepSpeed's loss scaler
         assert type(a) is type(b), path
