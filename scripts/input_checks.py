@@ -257,7 +257,9 @@ def check_value(key: str, value, hint, source: str, from_text: bool, rules=RANGE
         if not isinstance(value, list | tuple):
             if element_kind == "str" and isinstance(value, str):
                 return value  # a single name where a list of names goes (e.g. lora_target_modules: all-linear)
-            raise InputError(f"{where} must be a list, e.g. [{value!r}]; got {value!r}.")
+            if not from_text:
+                raise InputError(f"{where} must be a list, e.g. [{value!r}]; got {value!r}.")
+            value = [value]  # `--reward_weights 1.0`: one token is a one-item list (nargs="+")
         out = []
         for i, item in enumerate(value):
             ok, converted = _parse_scalar(element_kind, item)

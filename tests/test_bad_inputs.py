@@ -19,18 +19,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import train  # noqa: E402
 from input_checks import InputError, run_cli  # noqa: E402
 
-MODEL = str(ROOT / "synthetic" / "base")  # a shipped local checkpoint: a model path that exists, no fixture needed
+MODEL = str(ROOT / "synthetic" / "base_v3")  # a shipped local checkpoint: a model path that exists, no fixture needed
 DATA = str(ROOT / "recipes" / "tiny" / "data.jsonl")
 BASE_RECIPE = {**yaml.safe_load((ROOT / "recipes/tiny/grpo.yaml").read_text()), "model_name_or_path": MODEL,
                "dataset_name": DATA}
 DROP = object()  # a recipe change that removes the key
-
-
-@pytest.fixture(autouse=True)
-def isolate_env_and_process_group():
-    """Overrides conftest's per-test clean-up of vLLM / torch.distributed state (its gc.collect costs ~0.6 s a test
-    once torch is loaded): no test here starts an engine or a process group, and monkeypatch restores the env."""
-    yield
 
 
 def load_evaluate():
@@ -166,6 +159,13 @@ def test_base_recipe_is_valid(tmp_path, files, capsys):
     assert train.main(_train_argv(tmp_path, files, {}, [])) is None
     plan = json.loads(capsys.readouterr().out)
     assert plan["model_source"].startswith("local folder") and plan["dataset_source"].startswith("local file")
+
+
+def test_one_list_item_on_the_command_line_is_a_list(tmp_path, files, capsys):
+    """`--reward_funcs accuracy --reward_weights 1.0`: one token after a list option is a one-item list."""
+    argv = _train_argv(tmp_path, files, {}, ["--reward_funcs", "accuracy", "--reward_weights", "1.0"])
+    assert train.main(argv) is None
+    assert json.loads(capsys.readouterr().out)["rewards"] == ["accuracy"]
 
 
 @pytest.mark.parametrize("changes, extra, named", [c[1:] for c in TRAIN_CASES], ids=[c[0] for c in TRAIN_CASES])
