@@ -4,7 +4,7 @@ the tiny model through both back-ends, resume, regrade and the report."""
 import json
 
 import pytest
-from test_evaluate import FIX, ScriptedBackend, fixture_files, load_script
+from test_evaluate import FIX, ScriptedBackend, fixture_files, load_script, tiny  # noqa: F401 (a fixture)
 
 from benchmarks.evaluation import Protocol, exit_profile, read_records, record_key, regrade_records, run_benchmark
 from benchmarks.generation import EXIT_TEXT, Budget, fraction_cut, fraction_exits, generate_completions, sample_seed
@@ -128,30 +128,19 @@ def test_report_profile_tables_by_hand():
     assert overall_profile({"run": "x", "benchmarks": {"gsm8k": {"exit_profile": a}}}, ["gsm8k", "aime24"]) is None
 
 
-# ---------------------------------------------------------------- the tiny model, transformers back-end
-@pytest.fixture(scope="module")
-def tiny(tiny_model_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from benchmarks.generation import TransformersBackend
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_path)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
-    return tok, TransformersBackend(model, tok.pad_token_id, temperature=1.0, top_p=1.0, batch_size=8)
-
-
+# ---------------------------------------------------------------- the tiny model, transformers back-end (test_evaluate's)
 PROTOCOL = Protocol(model="tiny", temperature=1.0, top_p=1.0, max_tokens=12, answer_max_tokens=4)
 
 
-def _profile_run(tiny, bench_dir, fractions, stop_after=None, batch_size=4):
-    tok, backend = tiny
+def _profile_run(tiny, bench_dir, fractions, stop_after=None, batch_size=4):  # noqa: F811 (test_evaluate's fixture)
+    tok, _, backend = tiny
     qs = load_benchmark("gsm8k", path=str(FIX / "gsm8k.jsonl"))
     return run_benchmark(backend, tok, qs, "gsm8k", [Budget("full")], 2, PROTOCOL, bench_dir, batch_size=batch_size,
                          progress=False, stop_after=stop_after, exit_fractions=fractions)
 
 
-def test_profile_records_tiny_model(tiny, tmp_path):
-    tok, backend = tiny
+def test_profile_records_tiny_model(tiny, tmp_path):  # noqa: F811 (test_evaluate's fixture)
+    tok, _, backend = tiny
     T = tok.convert_tokens_to_ids("</think>")
     exit_ids = tok.encode(EXIT_TEXT, add_special_tokens=False)
     stats = _profile_run(tiny, tmp_path, [0.5, 1.0])
@@ -183,7 +172,7 @@ def test_profile_records_tiny_model(tiny, tmp_path):
     assert exit_profile(records)["n_samples"] == 6
 
 
-def test_profile_resume_add_fractions_and_regrade(tiny, tmp_path):
+def test_profile_resume_add_fractions_and_regrade(tiny, tmp_path):  # noqa: F811 (test_evaluate's fixture)
     _profile_run(tiny, tmp_path / "ref", [0.5, 1.0])
     reference = sorted((record_key(r), r["completion_ids"]) for r in read_records(tmp_path / "ref"))
 
