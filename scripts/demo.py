@@ -40,6 +40,10 @@ METHODS = {
     "sgrpo-2x8": "sgrpo_parallel.yaml",
     "grpo-cos": "grpo_cosine.yaml",
     "gfpo-token-eff-8/16-cos": "gfpo_token_efficiency_cosine.yaml",
+    # S-GRPO's ablations (its Table 4): no decay, only the shortest correct exit rewarded, no serial group (= GRPO).
+    "sgrpo-all-1": "sgrpo_all_one.yaml",
+    "sgrpo-shortest-1": "sgrpo_shortest_one.yaml",
+    "sgrpo-no-serial": "sgrpo_no_serial.yaml",
 }
 DEFAULT_METHODS = ["grpo", "gfpo-shortest-4/16", "gfpo-token-eff-8/16", "gfpo-adaptive", "sgrpo"]  # the rest: --methods
 RECIPES = ROOT / "recipes" / "synthetic"
@@ -183,6 +187,19 @@ def eval_cmd(args, model: Path, data: Path, out: Path, seed: int, label: str) ->
     return cmd
 
 
+def read_cost(run_dir: Path) -> dict:
+    """What a run cost to train (trainers/cost.py): completion tokens sampled and trained, and its train time."""
+    from trainers.cost import total_cost
+
+    path = run_dir / "trainer_state.json"
+    if not path.is_file():
+        return {}
+    history = json.loads(path.read_text())["log_history"]
+    runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
+    return {"sampled_tokens": total_cost(history, "cost/sampled_tokens"),
+            "trained_tokens": total_cost(history, "cost/trained_tokens"), "train_seconds": runtime}
+
+
 def read_eval(out: Path) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     s = summary["benchmarks"]["heldout"]["budgets"]["full"]
@@ -224,6 +241,10 @@ def aggregate(results: dict[str, list[dict]]) -> list[dict]:
         g_tok = mean_tokens("grpo-cos" if label.endswith("-cos") and "grpo-cos" in results else "grpo")
         if g_tok is not None and b_tok is not None and label.startswith("gfpo"):  # ELR is GFPO's metric
             row["elr_percent"] = elr(g_tok, tok, b_tok)
+        for key in ("sampled_tokens", "trained_tokens", "train_seconds"):  # what training cost, mean over seeds
+            values = [r[key] for r in per_seed if r.get(key) is not None]
+            if values and len(values) == len(per_seed):
+                row[key] = statistics.fmean(values)
         rows.append(row)
     return rows
 
@@ -232,14 +253,20 @@ def format_table(rows: list[dict]) -> str:
     def fmt(v, spec="+.1f"):
         return "-" if v is None else format(v, spec)
 
-    lines = ["| method | seeds | accuracy (%) | mean tokens | Δ acc vs base (pts) | Δ tokens vs base | ELR vs GRPO |",
-             "|---|---|---|---|---|---|---|"]
+    def k(v):
+        return "-" if v is None else f"{v / 1000:,.0f}k"
+
+    lines = ["| method | seeds | accuracy (%) | mean tokens | Δ acc vs base (pts) | Δ tokens vs base | ELR vs GRPO | "
+             "tokens sampled | tokens trained | train time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['method']} | {r['seeds']} | {r['accuracy']:.1f} ± {r['accuracy_std']:.1f} | "
             f"{r['tokens']:.1f} ± {r['tokens_std']:.1f} | {fmt(r.get('d_accuracy_points'))} | "
             f"{fmt(r.get('d_tokens_percent'))}{'%' if r.get('d_tokens_percent') is not None else ''} | "
-            f"{fmt(r.get('elr_percent'), '.0f')}{'%' if r.get('elr_percent') is not None else ''} |")
+            f"{fmt(r.get('elr_percent'), '.0f')}{'%' if r.get('elr_percent') is not None else ''} | "
+            f"{k(r.get('sampled_tokens'))} | {k(r.get('trained_tokens'))} | "
+            f"{'-' if r.get('train_seconds') is None else format(r['train_seconds'], '.0f') + ' s'} |")
     return "\n".join(lines)
 
 
@@ -349,7 +376,8 @@ def main(argv=None) -> dict:
     run_all([lambda k=k: train_then_eval(k) for k in keys if k in to_train or k in to_eval], args.jobs)
     results: dict[str, list[dict]] = {}
     for label, seed in ev_dirs:
-        results.setdefault(label, []).append({"seed": seed, **read_eval(ev_dirs[(label, seed)])})
+        cost = read_cost(run_dirs[(label, seed)]) if (label, seed) in run_dirs else {}
+        results.setdefault(label, []).append({"seed": seed, **read_eval(ev_dirs[(label, seed)]), **cost})
 
     # 5. Table and plots.
     rows = aggregate(results)

@@ -424,8 +424,10 @@ def main(argv: list[str] | None = None):
     from trl import get_peft_config
 
     from rewards import build_reward_funcs
+    from trainers.cost import with_cost_accounting
 
     _, trainer_cls = method_classes(script_args.method)
+    trainer_cls = with_cost_accounting(trainer_cls)  # cost/sampled_tokens, cost/trained_tokens per step
     checkpoint = resolve_checkpoint(method_args)
     check_tokenizer_early(script_args, method_args, model_args)
     dataset = load_train_dataset(script_args)
@@ -460,6 +462,8 @@ def main(argv: list[str] | None = None):
     trainer.save_model(method_args.output_dir)
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(method_args.output_dir)
+        # The run's log (rewards, lengths, cost/* per step, train_runtime) beside the final model.
+        trainer.state.save_to_json(os.path.join(method_args.output_dir, "trainer_state.json"))
     return trainer
 
 

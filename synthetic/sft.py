@@ -36,8 +36,9 @@ from synthetic.task import (
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_DIR = ROOT / "synthetic" / "base"
 CACHE_ROOT = ROOT / "outputs" / "synthetic-base"
-FORMAT_VERSION = 3  # bump when the trace text or the training loop changes meaning (2: marked re-check lines,
-# 3: "Total:" lines, token-level exit cuts, bare \boxed answers)
+FORMAT_VERSION = 4  # bump when the trace text or the training loop changes meaning (2: marked re-check lines,
+# 3: "Total:" lines, token-level exit cuts, bare \boxed answers, 4: task v4, see synthetic/task.py); a base of
+# task v3 keeps format 3 so that its hash, and the shipped synthetic/base, still match
 BUCKET_POOL = 8
 
 
@@ -64,7 +65,7 @@ class BaseConfig:
     grad_clip: float = 1.0
 
     def __post_init__(self):
-        if isinstance(self.task, dict):
+        if isinstance(self.task, dict):  # from a meta.json (a task without `version` is version 3)
             self.task = TaskConfig(**self.task)
         for name in ("steps", "batch_size", "hidden_size", "num_layers", "num_heads", "vocab_size"):
             if getattr(self, name) <= 0:
@@ -73,7 +74,8 @@ class BaseConfig:
             raise ValueError(f"BaseConfig: `head_dim` {self.head_dim} is not supported by vLLM's CPU attention; use 64.")
 
     def to_dict(self) -> dict:
-        return {"format_version": FORMAT_VERSION, **asdict(self)}
+        version = FORMAT_VERSION if self.task.version >= 4 else 3
+        return {"format_version": version, **asdict(self), "task": self.task.to_dict()}
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]

@@ -2,11 +2,12 @@
 
     python -m synthetic.sgrpo_credit                      # the task as the shipped base was trained on
     python -m synthetic.sgrpo_credit --slip_prob 0.1      # a task whose first pass is mostly right
+    python -m synthetic.sgrpo_credit --task_version 4     # exits that finish the sum in their answer (task v4)
 
 After its first pass ("... Total: N") a trace either closes the thinking or writes "Wait, let me check.". S-GRPO
 trains that next token with the advantages of every serial-group member that contains it
 (`trainers.serial_group.prefix_token_credit`). For traces drawn from the task's generator, with m exits at
-P_i ~ U(1, n) answered as the SFT data teaches (`synthetic.task.answer_if_cut`) and the paper's decaying reward,
+P_i ~ U(1, n) answered as the SFT data teaches (`synthetic.task.exit_answer`) and the paper's decaying reward,
 this prints the mean credit of that token by what the first pass did (sound / slipped) and what came next.
 
 The policy gradient on the decision's logit is p(1 - p) * (E[credit | stop] - E[credit | re-check]) (the model
@@ -34,6 +35,7 @@ from synthetic.task import (  # noqa: E402
     TaskConfig,
     answer_if_cut,
     answer_text,
+    exit_answer,
     make_trace,
     sample_numbers,
 )
@@ -56,7 +58,7 @@ class DecisionCredit:
 
 def decision_credit(thinking: str, first_number: int, gold: str, predicted: int, tokenizer, cuts=None,
                     num_exits: int = 8, generator: torch.Generator | None = None,
-                    reward: str = "decay") -> tuple[float, float]:
+                    reward: str = "decay", answer_at=None) -> tuple[float, float]:
     """Credit (per-sequence mean, token-level) of the first token after the first pass's "Total:" line of one
     full rollout whose thinking is `thinking` and whose answer is `predicted`. `cuts` (thought-token positions)
     default to the paper's draw."""
@@ -68,11 +70,15 @@ def decision_credit(thinking: str, first_number: int, gold: str, predicted: int,
     decision = next(i for i, (start, _) in enumerate(enc["offset_mapping"]) if start >= first_pass_end)
     if cuts is None:
         cuts = sample_exit_positions(n, num_exits, generator)
-    exit_answers = [answer_if_cut(thinking[: ends[p - 1]] if p else "", first_number) for p in cuts]
-    correct = torch.tensor([[str(a) == gold for a in exit_answers + [predicted]]])
+    if answer_at is None:  # task v3: the exit copies what was computed (answer_if_cut)
+        def answer_at(prefix):
+            value = answer_if_cut(prefix, first_number)
+            return answer_text(value), value
+    exits = [answer_at(thinking[: ends[p - 1]] if p else "") for p in cuts]  # (answer text, boxed number)
+    correct = torch.tensor([[str(v) == gold for _, v in exits] + [str(predicted) == gold]])
     adv = serial_advantages(sgrpo_rewards(correct, reward))[0].tolist()
-    n_tail = lambda a: len(tokenizer(EXIT_TEXT + answer_text(a), add_special_tokens=False)["input_ids"])  # noqa: E731
-    lengths = [p + n_tail(a) for p, a in zip(cuts, exit_answers, strict=True)] + [len(ends)]
+    n_tail = lambda text: len(tokenizer(EXIT_TEXT + text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    lengths = [p + n_tail(text) for p, (text, _) in zip(cuts, exits, strict=True)] + [len(ends)]
     return prefix_token_credit(cuts, adv, decision, lengths), prefix_token_credit(cuts, adv, decision)
 
 
@@ -85,7 +91,8 @@ def sample_credits(cfg: TaskConfig, tokenizer, n: int = 2000, num_exits: int = 8
         trace = make_trace(numbers, rng, cfg)
         thinking = trace.completion.split(END_THINK)[0]
         seq, tok = decision_credit(thinking, numbers[0], trace.answer, trace.predicted, tokenizer,
-                                   num_exits=num_exits, generator=gen)
+                                   num_exits=num_exits, generator=gen,
+                                   answer_at=lambda prefix, nums=numbers: exit_answer(prefix, nums, rng, cfg))
         out.append(DecisionCredit(trace.slipped, trace.n_rechecks > 0, seq, tok))
     return out
 
@@ -112,8 +119,10 @@ def summarize(credits: list[DecisionCredit]) -> list[str]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task_version", type=int, default=3, choices=[3, 4], help="the task's defaults (3: shipped)")
     for f in fields(TaskConfig):
-        p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help="task generator knob")
+        if f.name != "version":
+            p.add_argument(f"--{f.name}", type=type(f.default), default=None, help="task generator knob")
     p.add_argument("--n", type=int, default=2000, help="full rollouts to draw")
     p.add_argument("--num_exits", type=int, default=8, help="m (paper: 8)")
     p.add_argument("--seed", type=int, default=0)
@@ -121,7 +130,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     from transformers import AutoTokenizer
 
-    cfg = TaskConfig(**{f.name: getattr(args, f.name) for f in fields(TaskConfig)})
+    given = {f.name: getattr(args, f.name) for f in fields(TaskConfig) if getattr(args, f.name, None) is not None}
+    cfg = TaskConfig.v4(**given) if args.task_version == 4 else TaskConfig(**given)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     credits = sample_credits(cfg, tokenizer, args.n, args.num_exits, args.seed)
     print(f"S-GRPO credit at the stop / re-check decision: {len(credits)} full rollouts, m = {args.num_exits}, {cfg}")

@@ -28,6 +28,17 @@ The miniature reproduces the three ingredients of the papers' experiment (DESIGN
   pass's total (right unless that pass slipped), and an exit inside the first pass answers a partial sum (wrong).
   They teach the model to answer when S-GRPO forces an early exit.
 
+Version 4 (`TaskConfig.v4()`, `--task_version 4`; version 3 stays the default until a v4 base is trained and
+measured) makes the overthinking look like real reasoning models' (PAPERS.md, "Overthinking in real reasoning
+traces"):
+- a difficulty mix, 2-6 terms, where every first-pass addition may slip (`slip_prob` per addition), so longer sums
+  slip more often while most first passes are right;
+- verification rounds whose number does not depend on the question: redundant on easy sums, useful on hard ones
+  (later rounds rarely change the answer);
+- a forced exit answers briefly in the same format as a natural answer: after the last stated "Total:" it copies
+  it; inside the first pass it finishes the remaining additions in its answer, each slipping with
+  `exit_slip_prob` (less reliable than careful thinking), then boxes the result.
+
 Held-out questions are disjoint from every training question, and both are reproducible from a seed.
 """
 
@@ -60,28 +71,45 @@ _PIECES = re.compile(r"[A-Za-z]+|\d|\s|[^A-Za-z\d\s]")
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """The generator's knobs; the defaults are the design's starting point (DESIGN.md), with more re-checking."""
+    """The generator's knobs. Defaults: version 3, the task of the shipped base and the measured tables;
+    `TaskConfig.v4()` is the more realistic version 4 (module docstring)."""
 
     min_terms: int = 3
     max_terms: int = 5
     low: int = 10
     high: int = 99
-    slip_prob: float = 0.5
+    slip_prob: float = 0.5  # v3: the first pass slips once with this probability; v4: per first-pass addition
     recheck_prob: float = 0.7
     max_rechecks: int = 2
-    recheck_slip_prob: float = 0.0
+    recheck_slip_prob: float = 0.0  # per re-check pass (v3) / addition (v4)
     exit_cut_prob: float = 0.2
+    exit_slip_prob: float = 0.1  # v4: per addition a forced exit finishes in its answer
+    version: int = 3
+
+    @classmethod
+    def v4(cls, **overrides) -> TaskConfig:
+        """Version 4: 2-6 terms, 6% slips per first-pass addition, exits that finish the sum with 10% slips."""
+        return cls(**{**dict(min_terms=2, max_terms=6, slip_prob=0.06, version=4), **overrides})
 
     def __post_init__(self):
+        if self.version not in (3, 4):
+            raise ValueError(f"TaskConfig: `version` must be 3 or 4, got {self.version}.")
         if not 2 <= self.min_terms <= self.max_terms:
             raise ValueError(f"TaskConfig: need 2 <= min_terms <= max_terms, got {self.min_terms}, {self.max_terms}.")
         if not 0 <= self.low < self.high:
             raise ValueError(f"TaskConfig: need 0 <= low < high, got low={self.low}, high={self.high}.")
-        for name in ("slip_prob", "recheck_prob", "recheck_slip_prob", "exit_cut_prob"):
+        for name in ("slip_prob", "recheck_prob", "recheck_slip_prob", "exit_cut_prob", "exit_slip_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"TaskConfig: `{name}` must be a probability in [0, 1], got {getattr(self, name)}.")
         if self.max_rechecks < 0:
             raise ValueError(f"TaskConfig: `max_rechecks` must be >= 0, got {self.max_rechecks}.")
+
+    def to_dict(self) -> dict:
+        """The fields that define the task; version 3's are exactly its original ones (its base's hash is kept)."""
+        d = asdict(self)
+        if self.version == 3:
+            d.pop("version"), d.pop("exit_slip_prob")
+        return d
 
 
 @dataclass
@@ -129,12 +157,26 @@ def running_sum_lines(numbers, slip_at: int | None = None, slip: int = 0) -> tup
     return lines, acc
 
 
-def _one_pass(numbers, rng: random.Random, slip_prob: float) -> tuple[list[str], int, bool]:
+def _one_pass(numbers, rng: random.Random, slip_prob: float, version: int = 3) -> tuple[list[str], int, bool]:
+    if version >= 4:  # every addition may slip
+        return _finish(numbers[0], numbers[1:], rng, slip_prob)
     if rng.random() < slip_prob:
         lines, total = running_sum_lines(numbers, rng.randrange(len(numbers) - 1), rng.choice(_SMALL_SLIPS))
         return lines, total, True
     lines, total = running_sum_lines(numbers)
     return lines, total, False
+
+
+def _finish(acc: int, rest, rng: random.Random, slip_per_addition: float) -> tuple[list[str], int, bool]:
+    """Running-sum lines from `acc` over `rest`, each addition slipping with `slip_per_addition`."""
+    lines, slipped = [], False
+    for x in rest:
+        new = acc + x
+        if rng.random() < slip_per_addition:
+            new, slipped = max(0, new + rng.choice(_SMALL_SLIPS)), True
+        lines.append(f"{acc}+{x}={new}")
+        acc = new
+    return lines, acc, slipped
 
 
 def answer_text(value) -> str:
@@ -154,17 +196,32 @@ def answer_if_cut(thinking: str, first_number: int) -> int:
     return total if total is not None else answer
 
 
+def exit_answer(thinking: str, numbers, rng: random.Random, cfg: TaskConfig) -> tuple[str, int]:
+    """(answer text written after the exit text, the boxed number) for a trace cut after `thinking`.
+
+    v3 copies `answer_if_cut`. v4: after a stated "Total:" the answer copies the last one; before it (inside the
+    first pass) the answer finishes the remaining additions from the last complete running sum, each slipping with
+    `exit_slip_prob`, and boxes the result."""
+    copied = answer_if_cut(thinking, numbers[0])
+    done = thinking.split("\n")[:-1]
+    if cfg.version < 4 or any(line.startswith(TOTAL_PREFIX) for line in done):
+        return answer_text(copied), copied
+    n_lines = sum("=" in line for line in done)
+    lines, total, _ = _finish(copied, numbers[n_lines + 1:], rng, cfg.exit_slip_prob)
+    return "".join(line + "\n" for line in lines) + answer_text(total), total
+
+
 def make_trace(numbers, rng: random.Random, cfg: TaskConfig = TaskConfig()) -> Trace:
     """Sample one reasoning trace for `numbers` (see the module docstring for the three ingredients)."""
     numbers = tuple(numbers)
     gold = sum(numbers)
-    lines, total, slipped = _one_pass(numbers, rng, cfg.slip_prob)
+    lines, total, slipped = _one_pass(numbers, rng, cfg.slip_prob, cfg.version)
     sums = [total]
     text_lines = lines + [f"{TOTAL_PREFIX}{total}"]
     n_rechecks = 0
     while n_rechecks < cfg.max_rechecks and rng.random() < cfg.recheck_prob:
         n_rechecks += 1
-        more, total, _ = _one_pass(numbers, rng, cfg.recheck_slip_prob)
+        more, total, _ = _one_pass(numbers, rng, cfg.recheck_slip_prob, cfg.version)
         text_lines += [RECHECK_TEXT, *(CHECK_PREFIX + line for line in more), f"{TOTAL_PREFIX}{total}"]
         sums.append(total)
     thinking = "".join(line + "\n" for line in text_lines)
@@ -178,8 +235,8 @@ def make_trace(numbers, rng: random.Random, cfg: TaskConfig = TaskConfig()) -> T
         predicted = total
         completion = thinking + END_THINK + answer_text(predicted)
     else:
-        predicted = answer_if_cut(thinking[:cut_at], numbers[0])
-        completion = thinking[:cut_at] + EXIT_TEXT + answer_text(predicted)
+        answer, predicted = exit_answer(thinking[:cut_at], numbers, rng, cfg)
+        completion = thinking[:cut_at] + EXIT_TEXT + answer
     return Trace(
         numbers=numbers,
         question=question_text(numbers),
@@ -279,7 +336,7 @@ def write_datasets(output_dir: str | Path, n_train: int = 2000, n_heldout: int =
                          "slipped": t.slipped, "n_rechecks": t.n_rechecks, "cut": t.cut})
         paths["sft"] = write_jsonl(output_dir / "sft.jsonl", rows)
     with open(output_dir / "task_config.json", "w") as f:
-        json.dump({"seed": seed, "n_train": n_train, "n_heldout": n_heldout, **asdict(cfg)}, f, indent=1)
+        json.dump({"seed": seed, "n_train": n_train, "n_heldout": n_heldout, **cfg.to_dict()}, f, indent=1)
     return paths
 
 
@@ -304,8 +361,11 @@ def main(argv=None):
     p.add_argument("--n_heldout", type=int, default=200)
     p.add_argument("--seed", type=int, default=0, help="split seed; the shipped base model was trained with 0")
     p.add_argument("--n_sft_examples", type=int, default=0, help="also write sft.jsonl with this many traces")
+    p.add_argument("--task_version", type=int, default=3, choices=[3, 4], help="4: the more realistic task")
     args = p.parse_args(argv)
-    paths = write_datasets(args.output_dir, args.n_train, args.n_heldout, args.seed, n_sft_examples=args.n_sft_examples)
+    cfg = TaskConfig.v4() if args.task_version == 4 else TaskConfig()
+    paths = write_datasets(args.output_dir, args.n_train, args.n_heldout, args.seed, cfg=cfg,
+                           n_sft_examples=args.n_sft_examples)
     for name, path in paths.items():
         print(f"{name}: {path}")
 

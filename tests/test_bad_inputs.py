@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import train  # noqa: E402
 from input_checks import InputError, run_cli  # noqa: E402
 
-MODEL = str(ROOT / "synthetic" / "base_v3")  # a shipped local checkpoint: a model path that exists, no fixture needed
+MODEL = str(ROOT / "synthetic" / "base")  # a shipped local checkpoint: a model path that exists, no fixture needed
 DATA = str(ROOT / "recipes" / "tiny" / "data.jsonl")
 BASE_RECIPE = {**yaml.safe_load((ROOT / "recipes/tiny/grpo.yaml").read_text()), "model_name_or_path": MODEL,
                "dataset_name": DATA}

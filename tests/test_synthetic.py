@@ -254,7 +254,12 @@ def test_demo_aggregation_hand_computed():
     assert rows["gfpo"]["elr_percent"] == pytest.approx(75.0)  # (120 - 105) / (120 - 100)
     assert "elr_percent" not in rows["grpo"]
     table = demo.format_table(demo.aggregate(results))
-    assert "| gfpo | 2 | 70.0 ± 2.8 | 105.0 ± 7.1 | +15.0 | +5.0% | 75% |" in table
+    assert "| gfpo | 2 | 70.0 ± 2.8 | 105.0 ± 7.1 | +15.0 | +5.0% | 75% | - | - | - |" in table
+    # what training cost, mean over seeds (a row lacking it for some seed shows none)
+    for r, cost in zip(results["gfpo"], [(20_000, 10_000, 100.0), (30_000, 12_000, 120.0)], strict=True):
+        r.update(sampled_tokens=cost[0], trained_tokens=cost[1], train_seconds=cost[2])
+    table = demo.format_table(demo.aggregate(results))
+    assert "| gfpo | 2 | 70.0 ± 2.8 | 105.0 ± 7.1 | +15.0 | +5.0% | 75% | 25k | 11k | 110 s |" in table
     # A "-cos" row (length-aware reward) takes its ELR against "grpo-cos", the same reward without the filter.
     results["grpo-cos"] = [{"accuracy": 70.0, "mean_tokens": 140.0}]
     results["gfpo-x-cos"] = [{"accuracy": 70.0, "mean_tokens": 110.0}]
@@ -278,6 +283,12 @@ def test_demo_quick_smoke(tmp_path):
         assert 0 <= r["accuracy"] <= 100 and r["tokens"] > 0 and r["per_seed"][0]["n_samples"] == 8
     assert (out / "quick" / "report" / "accuracy_vs_tokens_seeds.png").stat().st_size > 0
     assert "| grpo | 1 |" in proc.stdout
+    rows = {r["method"]: r for r in result["rows"]}
+    # what each run cost: GRPO trains what it samples; S-GRPO's exit rows also train their rollout prefixes
+    assert rows["grpo"]["sampled_tokens"] == rows["grpo"]["trained_tokens"] > 0
+    assert rows["sgrpo"]["trained_tokens"] > rows["sgrpo"]["sampled_tokens"] > 0
+    assert all(rows[m]["train_seconds"] > 0 for m in ("grpo", "gfpo-shortest-4/16", "sgrpo"))
+    assert "sampled_tokens" not in rows["base"]
 
 
 def test_sgrpo_credit_of_the_recheck_decision():
@@ -312,3 +323,56 @@ def test_sgrpo_credit_cli_prints_the_four_cases(capsys):
     for case in ("| sound | stop |", "| sound | re-check |", "| slipped | stop |", "| slipped | re-check |"):
         assert case in out
     assert "E[credit | stop] - E[credit | re-check]" in out and "60 full rollouts" in out
+
+
+# ------------------------------------------------------------------------------------------------- task v4
+def test_v4_exit_answers_finish_the_remaining_additions():
+    from synthetic.task import exit_answer
+
+    v4 = TaskConfig.v4(exit_slip_prob=0.0)
+    numbers = (12, 34, 56, 7)
+    # inside the first pass: finish from the last complete running sum (a cut line is redone)
+    assert exit_answer("12+34=46\n46+5", numbers, random.Random(0), v4) == ("46+56=102\n102+7=109\n\\boxed{109}", 109)
+    assert exit_answer("", numbers, random.Random(0), v4) == (
+        "12+34=46\n46+56=102\n102+7=109\n\\boxed{109}", 109)
+    # after a stated total (in a re-check, say): copy it, like v3
+    assert exit_answer("12+34=46\n46+56=102\n102+7=109\nTotal: 109\nWait", numbers, random.Random(0), v4) == (
+        "\\boxed{109}", 109)
+    # a first-pass slip before the cut is carried on; exit slips happen at exit_slip_prob per addition
+    assert exit_answer("12+34=45\n", numbers, random.Random(0), v4)[1] == 108
+    slips = [exit_answer("", numbers, random.Random(i), TaskConfig.v4(exit_slip_prob=0.1))[1] != 109
+             for i in range(3000)]
+    assert abs(sum(slips) / 3000 - (1 - 0.9 ** 3)) < 0.03
+    # v3 keeps copying what was computed
+    assert exit_answer("12+34=46\n46+5", numbers, random.Random(0), TaskConfig()) == ("\\boxed{46}", 46)
+
+
+def test_v4_generator_realism():
+    """First passes slip more on longer sums; rounds do not depend on the length; later rounds rarely change the
+    answer (synthetic/realism.py prints the full table)."""
+    from synthetic.realism import generator_samples, row_stats
+
+    samples = generator_samples(TaskConfig.v4(), n=3000, seed=1)
+    by = {t: row_stats([s for terms, s in samples if terms == t]) for t in (2, 6)}
+    assert by[2]["first_round_right"] == pytest.approx(0.94, abs=0.03)  # 1 addition at 6% slips
+    assert by[6]["first_round_right"] == pytest.approx(0.94 ** 5, abs=0.05)
+    assert abs(by[2]["mean_rounds"] - by[6]["mean_rounds"]) < 0.15  # 1 + 0.7 + 0.49 either way
+    overall = row_stats([s for _, s in samples])
+    assert overall["later_rounds_changing"] < 0.15 and overall["exit_Q1"] > 0.6
+
+
+def test_task_versions_keep_their_hashes():
+    """v3's config (and so the shipped base's hash) is unchanged by v4's fields."""
+    from synthetic.sft import SHIPPED_DIR, preset, read_meta
+
+    assert preset("cpu").config_hash() == read_meta(SHIPPED_DIR)["config_hash"]
+    assert preset("cpu", task=TaskConfig.v4()).config_hash() != preset("cpu").config_hash()
+    assert "exit_slip_prob" not in TaskConfig().to_dict() and TaskConfig.v4().to_dict()["version"] == 4
+
+
+def test_sgrpo_credit_of_v4_exit_answers(capsys):
+    from synthetic.sgrpo_credit import main
+
+    main(["--n", "60", "--task_version", "4"])
+    out = capsys.readouterr().out
+    assert "version=4" in out and "60 full rollouts" in out

@@ -136,6 +136,11 @@ def test_grpo_trains_tiny_model(tmp_path, tiny_model_path):
     assert len(_logged(trainer, "rewards/digit_count/mean")) == 3
     after = _load_state(tmp_path / "out")
     assert any(not (before[k] == after[k]).all() for k in before), "no weight changed after 3 GRPO steps"
+    # GRPO samples and trains every completion token: 8 completions per step x their mean length
+    sampled, trained = _logged(trainer, "cost/sampled_tokens"), _logged(trainer, "cost/trained_tokens")
+    lengths = _logged(trainer, "completions/mean_length")
+    assert len(sampled) == 3 and sampled == trained
+    assert sampled == pytest.approx([8 * m for m in lengths])
 
 
 @pytest.mark.slow

@@ -366,6 +366,14 @@ class SGRPOTrainer(GRPOTrainer):
         self._sgrpo_batch = layout
         return completion_ids, logprobs
 
+    def sampled_token_count(self, completion_ids) -> int:
+        """Tokens the policy generated for these rows (trainers/cost.py): the serial groups' full rollouts and exit
+        answers; an exit row's rollout prefix and exit text were not sampled again."""
+        b = self._sgrpo_batch
+        if not self._serial_active() or b is None:
+            return sum(len(ids) for ids in completion_ids)
+        return sum(f if full else a for full, f, a in zip(b["is_full"], b["full_len"], b["answer_len"], strict=True))
+
     @staticmethod
     def _append_layout(layout, is_full, span, pos, cut, full_len, answer_len):
         layout["is_full"].append(is_full)
