@@ -1,6 +1,7 @@
 """Train the synthetic benchmark's base model (SFT from scratch on the task's traces) and save it.
 
     python scripts/build_base_model.py --output_dir synthetic/base            # the shipped CPU checkpoint
+    python scripts/build_base_model.py --task_version 4 --output_dir synthetic/base_v4   # the task-v4 one
     python scripts/build_base_model.py --size full --output_dir outputs/base-full   # DESIGN.md's GPU size
     python scripts/build_base_model.py --steps 20 --output_dir /tmp/b --eval_samples 0   # smoke run
 
@@ -35,6 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--eval_every", type=int, default=0, help="Also evaluate 100 held-out questions every N steps.")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
     p.add_argument("--force", action="store_true", help="Retrain even if a matching checkpoint exists.")
+    p.add_argument("--task_version", type=int, default=3, choices=[3, 4], help="synthetic task version (4: v4)")
     return p.parse_args(argv)
 
 
@@ -48,6 +50,10 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     overrides = {k: getattr(args, k) for k in ("seed", "data_seed", "steps", "batch_size", "lr")
                  if getattr(args, k) is not None}
+    if args.task_version == 4:
+        from synthetic.task import TaskConfig
+
+        overrides["task"] = TaskConfig.v4()
     cfg = preset(args.size, **overrides)
     print(f"[build_base_model] config {cfg.config_hash()}: {json.dumps(cfg.to_dict())}", flush=True)
     if args.output_dir is None and not args.force and (found := find_checkpoint(cfg)) is not None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """`make demo`: the papers' experiment in miniature, end to end, through the same code paths as a real run.
 
-    python scripts/demo.py                 # CPU size: shipped base, 3 seeds x 5 methods, ~24 min on 2 idle cores
+    python scripts/demo.py                 # CPU size: task v4, shipped base, 3 seeds x 5 methods, on 2 idle cores
+    python scripts/demo.py --task_version 3   # the earlier task (the README's v3 tables), its own shipped base
     python scripts/demo.py --quick         # smoke run: 1 seed, 2 steps, few questions (the test uses it)
     python scripts/demo.py --full          # GPU size (DESIGN.md): bigger base (trained if not cached), 60 steps
 
@@ -60,6 +61,14 @@ SIZES = {
 }
 
 
+# The recipes are written for task v3; task v4's traces reach ~240 tokens and its forced exits finish up to five
+# additions in their answer (synthetic/task.py). Applied before the size's overrides.
+TASK_OVERRIDES = {
+    3: {"train": {}, "sgrpo": {}, "eval": {}},
+    4: {"train": {"max_completion_length": 256}, "sgrpo": {"max_answer_length": 64}, "eval": {"max_tokens": 256}},
+}
+
+
 def log(msg: str, t0: float = time.time()) -> None:
     print(f"[demo {time.time() - t0:7.1f}s] {msg}", flush=True)
 
@@ -71,6 +80,9 @@ def parse_args(argv=None):
     p.add_argument("--seeds", default=None, help="comma list (default 0,1,2; --quick: 0)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma list of {list(METHODS)} (default: {','.join(DEFAULT_METHODS)})")
+    p.add_argument("--task_version", type=int, default=4, choices=[3, 4],
+                   help="synthetic task: 4 (default; overthinks like real reasoning models), 3 (the earlier task, "
+                        "the README's v3 tables; outputs under <output_dir>/v3)")
     p.add_argument("--output_dir", default="outputs/demo")
     # Measured on the 2-core CPU (GRPO, 64 completions/step, shared machine): transformers 5.0-6.4 s/step, vLLM
     # colocate 3.6-6.1 s/step plus ~3 CPU-s more start-up per run: a wash within the noise, so the default is the
@@ -160,7 +172,9 @@ def train_cmd(args, method: str, seed: int, base: Path, data: Path, out: Path) -
 
     recipe_path = RECIPES / METHODS[method]
     recipe = yaml.safe_load(recipe_path.read_text())
-    over = dict(SIZES[args.size]["train"])
+    task = TASK_OVERRIDES[args.task_version]
+    over = {**task["train"], **(task["sgrpo"] if recipe.get("method") == "sgrpo" else {}),
+            **SIZES[args.size]["train"]}
     G = recipe["num_generations"]
     if "questions_per_step" in over:
         over["per_device_train_batch_size"] = over.pop("questions_per_step") * G
@@ -182,7 +196,7 @@ def eval_cmd(args, model: Path, data: Path, out: Path, seed: int, label: str) ->
            "--seed", str(seed), "--backend", args.eval_backend, "--no_progress"]
     if args.eval_backend == "vllm":
         cmd += ["--enforce_eager", "--max_model_len", "512"]
-    for k, v in SIZES[args.size]["eval"].items():
+    for k, v in {**TASK_OVERRIDES[args.task_version]["eval"], **SIZES[args.size]["eval"]}.items():
         cmd += [f"--{k}", str(v)]
     return cmd
 
@@ -312,6 +326,7 @@ def main(argv=None) -> dict:
     t_start = time.time()
     out = (ROOT / args.output_dir) if not Path(args.output_dir).is_absolute() else Path(args.output_dir)
     out = out / args.size if args.size != "cpu" else out
+    out = out / "v3" if args.task_version == 3 else out
     args.use_vllm = args.backend == "vllm" or (args.backend == "auto" and vllm_available())
     gpu = has_gpu()
     if args.jobs is None:
@@ -319,16 +334,17 @@ def main(argv=None) -> dict:
     if args.threads is None:
         args.threads = max(1, (os.cpu_count() or 2) // args.jobs)
     env = child_env(args)
-    log(f"size {args.size}, seeds {args.seed_list}, methods {args.method_list}, generation back-end "
+    log(f"task v{args.task_version}, size {args.size}, seeds {args.seed_list}, methods {args.method_list}, generation back-end "
         f"{'vLLM colocate' if args.use_vllm else 'transformers'} (training) / {args.eval_backend} (evaluation); "
         f"{args.jobs} job(s) at a time, {args.threads} thread(s) each; "
         f"hardware: {hardware()}; output {out}")
 
     # 1. Task data, split like the base model's (it never saw a held-out question).
     from synthetic.sft import load_or_train, preset
-    from synthetic.task import write_datasets
+    from synthetic.task import TaskConfig, write_datasets
 
-    base_cfg = preset("full" if args.full else "cpu")
+    task = TaskConfig.v4() if args.task_version == 4 else TaskConfig()
+    base_cfg = preset("full" if args.full else "cpu", task=task)
     data = out / "data"
     if args.overwrite or not (data / "heldout.jsonl").exists():
         write_datasets(data, n_train=2000, n_heldout=base_cfg.n_heldout, seed=base_cfg.data_seed, cfg=base_cfg.task)
@@ -385,12 +401,12 @@ def main(argv=None) -> dict:
     report_dir.mkdir(parents=True, exist_ok=True)
     table = format_table(rows)
     total = time.time() - t_start
-    header = (f"Synthetic benchmark ({args.size}): held-out accuracy / mean tokens, mean ± std over seeds "
+    header = (f"Synthetic benchmark, task v{args.task_version} ({args.size}): held-out accuracy / mean tokens, mean ± std over seeds "
               f"{args.seed_list}; {total / 60:.1f} min on {hardware()}.")
     print("\n" + header + "\n\n" + table + "\n", flush=True)
     plot(rows, report_dir / "accuracy_vs_tokens_seeds.png")
     (report_dir / "demo.md").write_text(f"# {header}\n\n{table}\n\n![](accuracy_vs_tokens_seeds.png)\n")
-    result = {"size": args.size, "seeds": args.seed_list, "seconds": round(total, 1), "hardware": hardware(),
+    result = {"task_version": args.task_version, "size": args.size, "seeds": args.seed_list, "seconds": round(total, 1), "hardware": hardware(),
               "base": str(base), "rows": rows}
     (report_dir / "results.json").write_text(json.dumps(result, indent=1))
     # The project's report tool: per-run tables (seed by seed) and its plots.

@@ -35,6 +35,7 @@ from synthetic.task import (
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_DIR = ROOT / "synthetic" / "base"
+SHIPPED_V4_DIR = ROOT / "synthetic" / "base_v4"  # task v4 (TaskConfig.v4()): `scripts/demo.py --task_version 4`
 CACHE_ROOT = ROOT / "outputs" / "synthetic-base"
 FORMAT_VERSION = 4  # bump when the trace text or the training loop changes meaning (2: marked re-check lines,
 # 3: "Total:" lines, token-level exit cuts, bare \boxed answers, 4: task v4, see synthetic/task.py); a base of
@@ -417,7 +418,7 @@ def read_meta(path: str | Path) -> dict | None:
 def find_checkpoint(cfg: BaseConfig) -> Path | None:
     """The shipped checkpoint if it was trained from exactly `cfg`, else a cached one, else None."""
     h = cfg.config_hash()
-    for path in (SHIPPED_DIR, CACHE_ROOT / h):
+    for path in (SHIPPED_DIR, SHIPPED_V4_DIR, CACHE_ROOT / h):
         meta = read_meta(path)
         if meta and meta.get("config_hash") == h and (path / "model.safetensors").is_file():
             return path
