@@ -79,16 +79,22 @@ def test_plans_that_cannot_run_say_what_to_change(monkeypatch, kwargs, message):
         multinode.plan(**kwargs)
 
 
-def test_slurm_script_runs_every_node_command(tmp_path):
-    """scripts/slurm/train.slurm with `scontrol` and `srun` stubbed: one srun per node, each on its own host."""
+def slurm_stubs(tmp_path, hosts: list[str], srun_body: str) -> dict:
+    """An environment where `scontrol show hostnames` lists `hosts` and `srun` runs `srun_body` instead."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text("#!/bin/bash\nprintf 'gpu-a\\ngpu-b\\ngpu-c\\n'\n")
-    (bin_dir / "srun").write_text(f"#!/bin/bash\nprintf '%s\\t' \"$@\" >> {tmp_path}/srun.log; echo >> {tmp_path}/srun.log\n")
+    (bin_dir / "scontrol").write_text("#!/bin/bash\nprintf '%s\\n' " + " ".join(hosts) + "\n")
+    (bin_dir / "srun").write_text(f"#!/bin/bash\n{srun_body}\n")
     for stub in bin_dir.iterdir():
         stub.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-[a-c]",
-           "PYTHON": sys.executable, "GPUS_PER_NODE": "8"}
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "stubbed",
+            "PYTHON": sys.executable, "GPUS_PER_NODE": "8"}
+
+
+def test_slurm_script_runs_every_node_command(tmp_path):
+    """scripts/slurm/train.slurm with `scontrol` and `srun` stubbed: one srun per node, each on its own host."""
+    env = slurm_stubs(tmp_path, ["gpu-a", "gpu-b", "gpu-c"],
+                      f"printf '%s\\t' \"$@\" >> {tmp_path}/srun.log; echo >> {tmp_path}/srun.log")
     proc = subprocess.run(["bash", "scripts/slurm/train.slurm", SERVER, "--vllm_nodes", "1", "--",
                            "--gradient_accumulation_steps", "24"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -107,14 +113,7 @@ def test_slurm_script_runs_every_node_command(tmp_path):
 
 
 def test_slurm_script_stops_before_any_node_when_the_recipe_does_not_fit(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text("#!/bin/bash\nprintf 'gpu-a\\ngpu-b\\n'\n")
-    (bin_dir / "srun").write_text(f"#!/bin/bash\ntouch {tmp_path}/srun-called\n")
-    for stub in bin_dir.iterdir():
-        stub.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-[a-b]",
-           "PYTHON": sys.executable}
+    env = slurm_stubs(tmp_path, ["gpu-a", "gpu-b"], f"touch {tmp_path}/srun-called")
     proc = subprocess.run(["bash", "scripts/slurm/train.slurm", GFPO, "--vllm_nodes", "1"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "vllm_mode: server" in proc.stderr
