@@ -239,7 +239,8 @@ def train_base(cfg: BaseConfig, output_dir: str | Path | None = None, log_every:
         "torch": torch.__version__,
     }
     if eval_samples != 0:
-        meta["heldout_eval"] = evaluate_base(model, tokenizer, held[: eval_samples or len(held)], device=device)
+        meta["heldout_eval"] = evaluate_base(model, tokenizer, held[: eval_samples or len(held)], device=device,
+                                             max_new_tokens=256 if cfg.task.version >= 4 else 200)  # v4: longer
         if log:
             log(f"[sft] held-out: {json.dumps(meta['heldout_eval'])}", flush=True)
     if output_dir is not None:
@@ -370,8 +371,10 @@ def write_readme(output_dir: str | Path, meta: dict) -> Path:
         "# Synthetic-benchmark base model",
         "",
         "A tiny Qwen3 trained from scratch (SFT) on the synthetic task's reasoning traces (synthetic/task.py):",
-        f"sums of {task['min_terms']}-{task['max_terms']} numbers in [{task['low']}, {task['high']}], the first pass "
-        f"slips with p = {task['slip_prob']},",
+        f"sums of {task['min_terms']}-{task['max_terms']} numbers in [{task['low']}, {task['high']}], "
+        + (f"task v4: every first-pass addition slips with p = {task['slip_prob']}, forced exits finish the sum in "
+           f"their answer (p = {task['exit_slip_prob']} per addition)," if task.get("version", 3) >= 4 else
+           f"the first pass slips with p = {task['slip_prob']},"),
         f"up to {task['max_rechecks']} re-checks (p = {task['recheck_prob']} each) that fix slips, a share "
         f"{task['exit_cut_prob']} of traces cut by the",
         "S-GRPO exit text (the exit text itself left out of the loss). Produced by:",
@@ -389,8 +392,8 @@ def write_readme(output_dir: str | Path, meta: dict) -> Path:
     if ev:
         lines += [
             "",
-            f"Held-out ({ev['n']} questions never trained on, one sample each, temperature {ev['temperature']}, "
-            f"graded by {ev['grader']}):",
+            f"Held-out ({ev['n']} questions never trained on, one sample each, temperature {ev['temperature']}, at most "
+            f"{ev['max_new_tokens']} new tokens, graded by {ev['grader']}):",
             "",
             "| accuracy | mean tokens | re-checked | accuracy when re-checked | accuracy otherwise | truncated |",
             "|---|---|---|---|---|---|",
