@@ -93,17 +93,15 @@ def slurm_stubs(tmp_path, hosts: list[str], srun_body: str) -> dict:
 
 def test_slurm_script_runs_every_node_command(tmp_path):
     """scripts/slurm/train.slurm with `scontrol` and `srun` stubbed: one srun per node, each on its own host."""
-    env = slurm_stubs(tmp_path, ["gpu-a", "gpu-b", "gpu-c"],
-                      f"printf '%s\\t' \"$@\" >> {tmp_path}/srun.log; echo >> {tmp_path}/srun.log")
+    # one file per srun call: the calls run in the background at the same time
+    env = slurm_stubs(tmp_path, ["gpu-a", "gpu-b", "gpu-c"], f"printf '%s\\t' \"$@\" > {tmp_path}/srun-$$.log")
     proc = subprocess.run(["bash", "scripts/slurm/train.slurm", SERVER, "--vllm_nodes", "1", "--",
                            "--gradient_accumulation_steps", "24"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
     assert plan["trainer_processes"] == 16 and plan["batch"]["completions_per_optimizer_step"] == 1152
-    # the sruns run in the background, so the log's order is theirs: sort by host
-    calls = sorted((line.rstrip("\t").split("\t") for line in (tmp_path / "srun.log").read_text().splitlines()),
-                   key=lambda c: c[2])
+    calls = sorted((f.read_text().rstrip("\t").split("\t") for f in tmp_path.glob("srun-*.log")), key=lambda c: c[2])
     assert [c[2] for c in calls] == ["--nodelist=gpu-a", "--nodelist=gpu-b", "--nodelist=gpu-c"]
     trainers, server = [c[-1] for c in calls[:2]], calls[2][-1]
     for rank, cmd in enumerate(trainers):
