@@ -24,10 +24,18 @@ import pytest  # noqa: E402
 from trainers.vllm_cpu import cpu_kernel_flags  # noqa: E402
 
 
-def pytest_report_header(config):
+def _cpu_line() -> str:
     # vLLM's CPU linear kernel (and whether TRL's weight sync can reload it) depends on these flags.
     flags = " ".join(f"{k}={'yes' if v else 'no'}" for k, v in cpu_kernel_flags().items())
     return f"CPU flags that change vLLM's CPU path: {flags} (see trainers/vllm_cpu.py)"
+
+
+def pytest_report_header(config):
+    return _cpu_line()
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(_cpu_line())  # also under `-q` (make test), which hides the header
 
 
 @pytest.fixture(autouse=True)
