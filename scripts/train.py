@@ -200,6 +200,7 @@ def parse(argv: list[str] | None = None):
     except InputError as err:
         raise RecipeError(str(err)) from None
     precheck_batch(recipe, config_cls, argv)
+    precheck_deepspeed(cli.get("deepspeed", recipe.get("deepspeed")))
     if not _has_accelerator() and "use_cpu" not in recipe and "--use_cpu" not in argv:
         # Without a GPU: TrainingArguments refuses bf16 unless use_cpu is set (a dry run on a login node must still
         # validate a bf16 recipe), and accelerate forms a multi-process gloo group under torchrun only with it.
@@ -210,8 +211,26 @@ def parse(argv: list[str] | None = None):
     except RecipeError:
         raise
     except ValueError as e:  # the config classes' own __post_init__ checks
+        forget_deepspeed_config()
         raise RecipeError(f"{source}: {e}") from e
     return script_args, method_args, model_args
+
+
+def precheck_deepspeed(value) -> None:
+    """A `deepspeed` config file must exist and parse before TrainingArguments sees it: its __post_init__ registers
+    the DeepSpeed config globally (transformers' weakref) before reading the file, so a failure there leaves a
+    half-built config that makes later models in the same process believe ZeRO-3 is on."""
+    if isinstance(value, str) and value.strip() and not value.lstrip().startswith("{"):
+        try:
+            check_json_file(value, "`deepspeed`")
+        except InputError as err:
+            raise RecipeError(str(err)) from None
+
+
+def forget_deepspeed_config() -> None:
+    """Drop transformers' global DeepSpeed config if a failed TrainingArguments left one behind."""
+    if "transformers.integrations.deepspeed" in sys.modules:
+        sys.modules["transformers.integrations.deepspeed"].unset_hf_deepspeed_config()
 
 
 def _quiet_parser_class():

@@ -40,7 +40,8 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(autouse=True)
 def isolate_env_and_process_group():
-    """Restore os.environ and tear down any process group / vLLM parallel state a test left, even if it failed.
+    """Restore os.environ, tear down any process group / vLLM parallel state and forget any global DeepSpeed config a
+    test left, even if it failed.
 
     TRL's colocate mode writes RANK/WORLD_SIZE/MASTER_* into os.environ and vLLM initialises torch.distributed in
     this process; left behind, the next in-process trainer believes it is distributed."""
@@ -59,6 +60,10 @@ def isolate_env_and_process_group():
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
             torn_down = True
+    if "transformers.integrations.deepspeed" in sys.modules:
+        # TrainingArguments(deepspeed=...) registers its DeepSpeed config in a module-global weakref; one kept alive
+        # by a test's traceback would make every later in-process model think ZeRO-3 is on.
+        sys.modules["transformers.integrations.deepspeed"].unset_hf_deepspeed_config()
     os.environ.clear()
     os.environ.update(saved)
     if torn_down:  # free the engine (its KV cache) now; a collect after every test would cost ~0.5 s each

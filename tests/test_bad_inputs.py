@@ -175,6 +175,24 @@ def test_train_refuses(tmp_path, files, changes, extra, named):
     assert_short(str(info.value), *named)
 
 
+@pytest.mark.parametrize("where", ["recipe", "command line"])
+@pytest.mark.parametrize("text", [None, "{not json"], ids=["missing", "not-json"])
+def test_bad_deepspeed_file_leaves_no_global_config(tmp_path, files, where, text):
+    """TrainingArguments registers its DeepSpeed config in a global weakref before reading the file. A failure there,
+    kept alive by the traceback, once made every later in-process model load as if ZeRO-3 were on (a CI machine
+    whose garbage collector ran later than ours: 33 failures). The file is checked before the config classes."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    path = tmp_path / "ds.json"
+    if text is not None:
+        path.write_text(text)
+    changes, extra = ({"deepspeed": str(path)}, []) if where == "recipe" else ({}, ["--deepspeed", str(path)])
+    with pytest.raises(InputError) as info:
+        train.main(_train_argv(tmp_path, files, changes, extra))
+    assert_short(str(info.value), "deepspeed", "ds.json")
+    assert hf_deepspeed.deepspeed_config() is None and not hf_deepspeed.is_deepspeed_zero3_enabled()
+
+
 YAML_CASES = [
     ("duplicate-key", "learning_rate: 1.0e-6\nlearning_rate: 1.0\n", ["learning_rate", "twice"]),
     ("duplicate-nested-key", "reward_kwargs:\n  accuracy: {}\n  accuracy: {scale: pm1}\n", ["accuracy", "twice"]),
