@@ -201,13 +201,8 @@ def validate(args: argparse.Namespace) -> None:
     if args.regrade and not any((p / "protocol.json").exists() for p in Path(args.output_dir).glob("*")):
         raise ValueError(f"--regrade --output_dir {args.output_dir}: holds no benchmark folder with protocol.json; "
                          "give the output folder of an earlier run")
-    if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
-    if not 0 < args.top_p <= 1:
-        raise ValueError(f"--top_p must be in (0, 1], got {args.top_p}")
-    for key in ("max_tokens", "answer_max_tokens", "tensor_parallel_size", "data_parallel_size"):
-        if getattr(args, key) < 1:
-            raise ValueError(f"--{key} must be >= 1, got {getattr(args, key)}")
+    # Types and ranges (temperature, top_p, token limits, parallel sizes, counts) were checked by
+    # check_argparse_values with EVAL_RANGE_RULES before this.
     if "{question}" not in args.prompt_template:
         raise ValueError("--prompt_template must contain `{question}`")
     try:
@@ -235,8 +230,6 @@ def validate(args: argparse.Namespace) -> None:
         check_inputs(args)
     if args.backend == "transformers" and args.tensor_parallel_size > 1:
         raise ValueError("--tensor_parallel_size > 1 needs --backend vllm")
-    if args.num_samples is not None and args.num_samples < 1:
-        raise ValueError(f"--num_samples must be >= 1, got {args.num_samples}")
     if args.output_dir is None:
         args.output_dir = str(Path("outputs/eval") / Path(str(args.model).rstrip("/")).name)
     args.run_name = args.run_name or Path(args.output_dir).name
@@ -248,11 +241,12 @@ def _sample_counts(value) -> dict[str, int]:
     counts = {}
     for name, count in _pairs(value, "samples").items():
         try:
-            counts[bench_key(name)] = int(count)
+            n = int(count)
         except ValueError:
-            raise ValueError(f"--samples {name}={count}: the count must be an integer >= 1") from None
-        if counts[bench_key(name)] < 1:
+            n = 0
+        if n < 1:
             raise ValueError(f"--samples {name}={count}: the count must be an integer >= 1")
+        counts[bench_key(name)] = n
     return counts
 
 

@@ -390,6 +390,11 @@ def check_argparse_values(parser, args, rules=RANGE_RULES, source: str = "") -> 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
 
+def is_hub_id(value: str) -> bool:
+    """`name` or `namespace/name` as the hub spells them (no `--` or `..`)."""
+    return bool(_HUB_ID.match(value)) and "--" not in value and ".." not in value
+
+
 def looks_like_path(value: str) -> bool:
     """A string meant as a local path rather than a hub id (`namespace/name`): it starts with ./ ../ / or ~, ends
     in a path separator, has a backslash or more than one `/`, or its first part exists here."""
@@ -446,7 +451,7 @@ def check_model_path(value, key: str, revision: str | None = None, allow_adapter
                              "(save_pretrained writes config.json) or a hub id.")
         check_json_file(str(folder / "config.json"), f"`{key}` {value}: config.json")
         return f"local folder {folder.resolve()}"
-    if not _HUB_ID.match(value) or "--" in value or ".." in value:
+    if not is_hub_id(value):
         raise InputError(f"`{key}` {value!r}: neither an existing local folder nor a hub id of the form "
                          "namespace/name; fix the name or the path.")
     cached = _hub_cached(value, "config.json", revision)
@@ -474,18 +479,24 @@ def check_data_source(value, key: str, columns: dict[str, str | None] | None = N
         except ValueError as err:
             raise InputError(f"`{key}` {err}") from None
         return f"local file {Path(value).expanduser().resolve()} ({found})"
-    if not _HUB_ID.match(value) or "--" in value or ".." in value:
+    if not is_hub_id(value):
         raise InputError(f"`{key}` {value!r}: neither an existing local file nor a hub dataset name of the form "
                          "namespace/name; fix the name or the path.")
     return f"hub dataset {value} (loaded from the hub or its cache when the run starts; not checked offline)"
 
 
+def quiet_parser_class(base: type, help_hint: str = "see --help", prefix: str = "") -> type:
+    """A subclass of the argparse parser `base` (argparse.ArgumentParser, TRL's TrlParser) whose errors are one
+    InputError line instead of the whole usage text (200+ lines for TrlParser) and exit 2."""
+
+    class QuietParser(base):
+        def error(self, message):
+            raise InputError(f"{prefix}{message}; {help_hint}.")
+
+    return QuietParser
+
+
 def quiet_argument_parser(**kwargs):
-    """An argparse.ArgumentParser whose errors are one InputError line instead of the usage text and exit 2."""
     import argparse
 
-    class QuietArgumentParser(argparse.ArgumentParser):
-        def error(self, message):
-            raise InputError(f"{message}; see --help.")
-
-    return QuietArgumentParser(**kwargs)
+    return quiet_parser_class(argparse.ArgumentParser)(**kwargs)

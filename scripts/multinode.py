@@ -60,7 +60,7 @@ def plan(config: str, nodes: int, gpus_per_node: int = 8, vllm_nodes: int = 0,
     processes = trainer_nodes * gpus_per_node
     script_args, method_args, model_args = train.parse(
         ["--config", config, "--dry_run", "true", "--num_processes", str(processes), *train_args])
-    batch = train.validate(script_args, method_args, model_args)
+    batch, _ = train.validate(script_args, method_args, model_args)
 
     train_cmd = ["scripts/train.py", "--config", config, *train_args]
     if server_mode and vllm_nodes:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         out = plan(args.config, args.nodes, args.gpus_per_node, args.vllm_nodes, args.accelerate_config, args.main_ip,
                    args.main_port, args.vllm_host, args.vllm_tensor_parallel_size, train_args)
-    except ValueError as e:  # PlanError and train.py's RecipeError
+    except ValueError as e:  # PlanError and train.py's InputError
         sys.exit(f"multinode.py: error: {e}")
     if args.commands_file:
         Path(args.commands_file).write_text("".join(role["command"] + "\n" for role in out["roles"]))

@@ -30,6 +30,7 @@ from input_checks import (  # noqa: E402
     check_values,
     cli_values,
     load_yaml_mapping,
+    quiet_parser_class,
     run_cli,
 )
 
@@ -84,13 +85,8 @@ class RecipeError(InputError):
 
 
 def load_recipe(path: str) -> dict:
-    """The recipe's mapping; a missing file, bad YAML or a key given twice is a RecipeError."""
-    try:
-        return load_yaml_mapping(path, "--config")
-    except RecipeError:
-        raise
-    except InputError as err:
-        raise RecipeError(str(err)) from None
+    """The recipe's mapping; a missing file, bad YAML or a key given twice is an InputError."""
+    return load_yaml_mapping(path, "--config")
 
 
 def method_classes(method: str, load_trainer: bool = True):
@@ -118,10 +114,7 @@ def num_processes_for(script_args: RecipeArguments) -> int:
     WORLD_SIZE. The accelerate config is checked even when --num_processes overrides it."""
     from_config = None
     if script_args.accelerate_config:
-        try:
-            from_config = check_accelerate_config(script_args.accelerate_config, "--accelerate_config")
-        except InputError as err:
-            raise RecipeError(str(err)) from None
+        from_config = check_accelerate_config(script_args.accelerate_config, "--accelerate_config")
     if script_args.num_processes:
         return script_args.num_processes
     if from_config is not None:
@@ -192,23 +185,21 @@ def parse(argv: list[str] | None = None):
     types = (RecipeArguments, config_cls, ModelConfig)
     check_keys(recipe, types, source)
     check_keys(cli, types, "command line")
-    try:  # types from the dataclass fields, ranges from input_checks.RANGE_RULES, before anything uses a value
-        check_values(recipe, types, source)
-        check_values(cli, types, "command line", from_text=True)
-    except RecipeError:
-        raise
-    except InputError as err:
-        raise RecipeError(str(err)) from None
+    # types from the dataclass fields, ranges from input_checks.RANGE_RULES, before anything uses a value
+    check_values(recipe, types, source)
+    check_values(cli, types, "command line", from_text=True)
     precheck_batch(recipe, config_cls, argv)
     precheck_deepspeed(cli.get("deepspeed", recipe.get("deepspeed")))
     if not _has_accelerator() and "use_cpu" not in recipe and "--use_cpu" not in argv:
         # Without a GPU: TrainingArguments refuses bf16 unless use_cpu is set (a dry run on a login node must still
         # validate a bf16 recipe), and accelerate forms a multi-process gloo group under torchrun only with it.
         argv += ["--use_cpu", "true"]
-    parser = _quiet_parser_class()(types)
+    from trl import TrlParser
+
+    parser = quiet_parser_class(TrlParser, "see `python scripts/train.py --help`", "command line: ")(types)
     try:
         script_args, method_args, model_args = parser.parse_args_and_config(argv)
-    except RecipeError:
+    except InputError:  # the quiet parser's own errors
         raise
     except ValueError as e:  # the config classes' own __post_init__ checks
         forget_deepspeed_config()
@@ -221,28 +212,13 @@ def precheck_deepspeed(value) -> None:
     the DeepSpeed config globally (transformers' weakref) before reading the file, so a failure there leaves a
     half-built config that makes later models in the same process believe ZeRO-3 is on."""
     if isinstance(value, str) and value.strip() and not value.lstrip().startswith("{"):
-        try:
-            check_json_file(value, "`deepspeed`")
-        except InputError as err:
-            raise RecipeError(str(err)) from None
+        check_json_file(value, "`deepspeed`")
 
 
 def forget_deepspeed_config() -> None:
     """Drop transformers' global DeepSpeed config if a failed TrainingArguments left one behind."""
     if "transformers.integrations.deepspeed" in sys.modules:
         sys.modules["transformers.integrations.deepspeed"].unset_hf_deepspeed_config()
-
-
-def _quiet_parser_class():
-    from trl import TrlParser
-
-    class QuietTrlParser(TrlParser):
-        """argparse prints the whole usage (200+ lines) before its one useful line: keep only that line."""
-
-        def error(self, message):
-            raise RecipeError(f"command line: {message}; see `python scripts/train.py --help`.")
-
-    return QuietTrlParser
 
 
 def _has_accelerator() -> bool:
@@ -275,8 +251,8 @@ def precheck_batch(recipe: dict, config_cls, argv: list[str]) -> None:
     )
 
 
-def validate(script_args: RecipeArguments, method_args, model_args) -> dict:
-    """Everything that can be checked before a model loads. Returns the batch plan."""
+def validate(script_args: RecipeArguments, method_args, model_args) -> tuple[dict, dict]:
+    """Everything that can be checked before a model loads. Returns the batch plan and check_files' sources."""
     from rewards import validate_reward_names
 
     if not script_args.dataset_name:
@@ -313,30 +289,20 @@ def validate(script_args: RecipeArguments, method_args, model_args) -> dict:
         steps_per_generation=method_args.steps_per_generation,
         whole_groups_per_rank=getattr(method_args, "requires_whole_groups_per_rank", False),
     )
-    check_files(script_args, method_args, model_args)  # last: the recipe's own logic errors come first
-    return plan
+    return plan, check_files(script_args, model_args)  # files last: the recipe's own logic errors come first
 
 
-def check_files(script_args: RecipeArguments, method_args, model_args) -> dict:
-    """The model (local folder with a config, or a hub id), the data (a local file that parses, is not empty and
-    has the named columns, or a hub dataset name) and a DeepSpeed config file: checked without loading weights.
-    Returns {"model": ..., "dataset": ...}, sentences saying which source each will use."""
-    try:
-        out = {
-            "model": check_model_path(model_args.model_name_or_path, "model_name_or_path",
-                                      revision=model_args.model_revision),
-            "dataset": check_data_source(script_args.dataset_name, "dataset_name",
-                                         {"question_column": script_args.question_column,
-                                          "answer_column": script_args.answer_column}),
-        }
-        deepspeed = getattr(method_args, "deepspeed", None)
-        if isinstance(deepspeed, str) and not deepspeed.lstrip().startswith("{"):
-            check_json_file(deepspeed, "`deepspeed`")
-    except RecipeError:
-        raise
-    except InputError as err:
-        raise RecipeError(str(err)) from None
-    return out
+def check_files(script_args: RecipeArguments, model_args) -> dict:
+    """The model (local folder with a config, or a hub id) and the data (a local file that parses, is not empty and
+    has the named columns, or a hub dataset name), checked without loading weights (a DeepSpeed config file is
+    checked in parse). Returns {"model": ..., "dataset": ...}, sentences saying which source each will use."""
+    return {
+        "model": check_model_path(model_args.model_name_or_path, "model_name_or_path",
+                                  revision=model_args.model_revision),
+        "dataset": check_data_source(script_args.dataset_name, "dataset_name",
+                                     {"question_column": script_args.question_column,
+                                      "answer_column": script_args.answer_column}),
+    }
 
 
 def fill_length_kwargs(script_args: RecipeArguments, max_completion_length: int) -> None:
@@ -371,8 +337,7 @@ def load_train_dataset(script_args: RecipeArguments):
     return dataset.map(to_prompt, remove_columns=["question"])
 
 
-def print_plan(script_args, method_args, model_args, plan: dict) -> None:
-    files = check_files(script_args, method_args, model_args)
+def print_plan(script_args, method_args, model_args, plan: dict, files: dict) -> None:
     keys = ["learning_rate", "max_steps", "num_train_epochs", "max_completion_length", "beta", "loss_type",
             "temperature", "use_vllm", "vllm_mode", "bf16", "gradient_checkpointing", "num_iterations"]
     from trl import GRPOConfig
@@ -429,16 +394,14 @@ def resolve_checkpoint(method_args) -> str | None:
 
 def main(argv: list[str] | None = None):
     script_args, method_args, model_args = parse(argv)
-    plan = validate(script_args, method_args, model_args)
+    plan, files = validate(script_args, method_args, model_args)
     if script_args.dry_run:
         check_tokenizer_early(script_args, method_args, model_args, local_only=True)
-        print_plan(script_args, method_args, model_args, plan)
+        print_plan(script_args, method_args, model_args, plan, files)
         return None
-    try:  # a hub id that cannot be fetched (HF_HUB_OFFLINE=1, not cached): say so before anything loads
-        check_model_path(model_args.model_name_or_path, "model_name_or_path", revision=model_args.model_revision,
-                         require_available=True)
-    except InputError as err:
-        raise RecipeError(str(err)) from None
+    # a hub id that cannot be fetched (HF_HUB_OFFLINE=1, not cached): say so before anything loads
+    check_model_path(model_args.model_name_or_path, "model_name_or_path", revision=model_args.model_revision,
+                     require_available=True)
 
     from trl import get_peft_config
 
