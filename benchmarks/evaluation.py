@@ -214,7 +214,7 @@ def run_benchmark(backend: Backend, tokenizer, questions: list[Question], benchm
                 t1 = time.perf_counter()
                 rollouts = {(r["question_id"], r["sample_index"]): r["completion_ids"] for r in records
                             if r["budget"] == full.key}
-                todo = [(q, i, missing_exits(q, i)) for q, i in items if missing_exits(q, i)]
+                todo = [(q, i, missing) for q, i in items if (missing := missing_exits(q, i))]
                 seeds = [sample_seed(protocol.seed, benchmark, q.id, i) for q, i, _ in todo]
                 exits = fraction_exits(
                     backend, [prompts[q.id][1] for q, _, _ in todo],

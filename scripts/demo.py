@@ -343,7 +343,7 @@ def main(argv=None) -> dict:
     from synthetic.sft import load_or_train, preset
     from synthetic.task import TaskConfig, write_datasets
 
-    task = TaskConfig.v4() if args.task_version == 4 else TaskConfig()
+    task = TaskConfig.of_version(args.task_version)
     base_cfg = preset("full" if args.full else "cpu", task=task)
     data = out / "data"
     if args.overwrite or not (data / "heldout.jsonl").exists():

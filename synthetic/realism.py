@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from rewards.parsing import last_boxed  # noqa: E402
 from synthetic.task import (  # noqa: E402
     _PIECES,
     END_THINK,
@@ -49,12 +50,6 @@ def round_totals(thinking: str) -> list[int]:
             except ValueError:
                 pass
     return out
-
-
-def boxed(text: str) -> str | None:
-    if "\\boxed{" not in text:
-        return None
-    return text.rsplit("\\boxed{", 1)[1].split("}", 1)[0]
 
 
 def row_stats(samples: list[dict]) -> dict:
@@ -120,7 +115,7 @@ def model_samples(model_dir: str, cfg: TaskConfig, n: int = 200, seed: int = 0, 
     records, exit_rows = [], []
     for k, ((text, _), ns, gold) in enumerate(zip(texts, numbers_list, golds, strict=True)):
         thinking = text.split("</think>")[0]
-        records.append((len(ns), {"gold": gold, "totals": round_totals(thinking), "final": boxed(text),
+        records.append((len(ns), {"gold": gold, "totals": round_totals(thinking), "final": last_boxed(text),
                                   "exits": defaultdict(list)}))
         ids = tok(thinking, add_special_tokens=False)["input_ids"]
         ids = ids[: ids.index(end_id)] if end_id in ids else ids
@@ -142,7 +137,7 @@ def model_samples(model_dir: str, cfg: TaskConfig, n: int = 200, seed: int = 0, 
                                  eos_token_id=tok.eos_token_id)
         for (k, q, _), row in zip(chunk, gen[:, width:].tolist(), strict=True):
             answer = tok.decode(row, skip_special_tokens=True)
-            records[k][1]["exits"][q].append(boxed(answer) == records[k][1]["gold"])
+            records[k][1]["exits"][q].append(last_boxed(answer) == records[k][1]["gold"])
     return records
 
 
@@ -169,7 +164,7 @@ def main(argv=None):
     p.add_argument("--model_n", type=int, default=200, help="held-out questions for --model")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    cfg = TaskConfig.v4() if args.task_version == 4 else TaskConfig()
+    cfg = TaskConfig.of_version(args.task_version)
     print(f"Task v{cfg.version} generator, {args.n} traces ({cfg}):")
     print("\n".join(table(generator_samples(cfg, args.n, args.seed))))
     if args.model:

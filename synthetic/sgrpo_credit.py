@@ -131,7 +131,7 @@ def main(argv=None):
     from transformers import AutoTokenizer
 
     given = {f.name: getattr(args, f.name) for f in fields(TaskConfig) if getattr(args, f.name, None) is not None}
-    cfg = TaskConfig.v4(**given) if args.task_version == 4 else TaskConfig(**given)
+    cfg = TaskConfig.of_version(args.task_version, **given)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     credits = sample_credits(cfg, tokenizer, args.n, args.num_exits, args.seed)
     print(f"S-GRPO credit at the stop / re-check decision: {len(credits)} full rollouts, m = {args.num_exits}, {cfg}")

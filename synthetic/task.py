@@ -91,6 +91,11 @@ class TaskConfig:
         """Version 4: 2-6 terms, 6% slips per first-pass addition, exits that finish the sum with 10% slips."""
         return cls(**{**dict(min_terms=2, max_terms=6, slip_prob=0.06, version=4), **overrides})
 
+    @classmethod
+    def of_version(cls, version: int, **overrides) -> TaskConfig:
+        """The defaults of task `version` (3 or 4, the scripts' `--task_version`), with `overrides`."""
+        return cls.v4(**overrides) if version == 4 else cls(**overrides)
+
     def __post_init__(self):
         if self.version not in (3, 4):
             raise ValueError(f"TaskConfig: `version` must be 3 or 4, got {self.version}.")
@@ -363,7 +368,7 @@ def main(argv=None):
     p.add_argument("--n_sft_examples", type=int, default=0, help="also write sft.jsonl with this many traces")
     p.add_argument("--task_version", type=int, default=3, choices=[3, 4], help="4: the more realistic task")
     args = p.parse_args(argv)
-    cfg = TaskConfig.v4() if args.task_version == 4 else TaskConfig()
+    cfg = TaskConfig.of_version(args.task_version)
     paths = write_datasets(args.output_dir, args.n_train, args.n_heldout, args.seed, cfg=cfg,
                            n_sft_examples=args.n_sft_examples)
     for name, path in paths.items():

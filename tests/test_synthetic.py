@@ -368,6 +368,8 @@ def test_task_versions_keep_their_hashes():
     assert preset("cpu").config_hash() == read_meta(SHIPPED_DIR)["config_hash"]
     assert preset("cpu", task=TaskConfig.v4()).config_hash() != preset("cpu").config_hash()
     assert "exit_slip_prob" not in TaskConfig().to_dict() and TaskConfig.v4().to_dict()["version"] == 4
+    assert TaskConfig.of_version(3) == TaskConfig() and TaskConfig.of_version(4) == TaskConfig.v4()
+    assert TaskConfig.of_version(4, slip_prob=0.2) == TaskConfig.v4(slip_prob=0.2)
 
 
 def test_sgrpo_credit_of_v4_exit_answers(capsys):
