@@ -141,7 +141,7 @@ RANGE_RULES: list[tuple[str, Any, str]] = [
     (r"^max_steps$", lambda v: v == -1 or v >= 1, ">= 1 (or -1: train num_train_epochs epochs)"),
     (r"^local_rank$", lambda v: True, ""),
     (r"(^|_)learning_rate$|^(temperature|num_train_epochs|repetition_penalty|adam_epsilon)$"
-     r"|^(logging|save|eval)_steps$|_timeout$|^sapo_temperature_", *_POSITIVE),
+     r"|^(logging|save|eval)_steps$|_timeout$|^sapo_temperature_|_gib$", *_POSITIVE),
     (r"(^|_)top_p$|_utilization$", lambda v: 0 < v <= 1, "in (0, 1]"),
     (r"^(min_p|lora_dropout|adam_beta[12]|warmup_ratio|label_smoothing_factor)$|_quantile$",
      lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -322,15 +322,36 @@ def field_choices(dataclass_types) -> dict[str, tuple]:
     return out
 
 
+def field_defaults(dataclass_types) -> dict[str, Any]:
+    """name -> default value of every field that has one (a default_factory is called)."""
+    from dataclasses import MISSING, fields
+
+    out: dict[str, Any] = {}
+    for cls in dataclass_types:
+        for f in fields(cls):
+            if f.default is not MISSING:
+                out.setdefault(f.name, f.default)
+            elif f.default_factory is not MISSING:
+                out.setdefault(f.name, f.default_factory())
+    return out
+
+
 def check_values(values: dict, dataclass_types, source: str, from_text: bool = False, rules=RANGE_RULES) -> dict:
     """Check user-set values (recipe keys, or command-line tokens with `from_text`) against the dataclasses' field
-    types, the range rules and the choices. Unknown keys are left to the caller. Returns the converted values."""
+    types, the range rules and the choices. Unknown keys are left to the caller. Returns the converted values.
+    A key left empty (`num_generations:` in YAML is null) whose field has a real default is an error: it would
+    replace the default with None and fail far from the recipe."""
     hints = field_hints(dataclass_types)
     choices = field_choices(dataclass_types)
+    defaults = field_defaults(dataclass_types)
     out = {}
     for key, value in values.items():
         if key not in hints:
             continue
+        empty = value is None or (from_text and value in ("None", "null"))
+        if empty and defaults.get(key) is not None:
+            raise InputError(f"{source}: `{key}` is empty; give it a value, or remove it to keep the default "
+                             f"({defaults[key]!r}).")
         out[key] = converted = check_value(key, value, hints[key], source, from_text, rules)
         if key in choices and converted is not None and isinstance(converted, str) and converted not in choices[key]:
             raise InputError(f"{source}: `{key}` = {value!r}: must be one of {list(choices[key])}.")

@@ -78,6 +78,16 @@ class RecipeArguments:
     num_processes: int | None = field(
         default=None, metadata={"help": "Process count for the dry-run plan (overrides accelerate_config)."}
     )
+    gpu_memory_gib: float = field(
+        default=80.0,
+        metadata={"help": "GPU memory (GiB) the dry run's memory plan is checked against: 80 for H100/A100 80GB, 141 "
+                          "for H200. A real launch reads it from the GPU."},
+    )
+    check_memory: bool = field(
+        default=True,
+        metadata={"help": "Refuse a recipe whose memory plan does not fit the GPU (planning/memory.py). false: print "
+                          "the plan's verdict as a warning and go on (the plan is an estimate, +-25%)."},
+    )
 
 
 class RecipeError(InputError):
@@ -289,7 +299,46 @@ def validate(script_args: RecipeArguments, method_args, model_args) -> tuple[dic
         steps_per_generation=method_args.steps_per_generation,
         whole_groups_per_rank=getattr(method_args, "requires_whole_groups_per_rank", False),
     )
+    resolve_checkpoint(method_args)  # a named checkpoint folder must exist, in the dry run too
     return plan, check_files(script_args, model_args)  # files last: the recipe's own logic errors come first
+
+
+def resource_plan(script_args, method_args, model_args, batch: dict, dry_run: bool) -> dict | None:
+    """The memory, time and volume plan (planning/) for the GPUs the run is for: in a dry run `gpu_memory_gib` and
+    the accelerate config it names; at launch the GPU's own memory and the DeepSpeed settings `accelerate launch`
+    exported. None on a machine without a GPU at launch (the CPU tests), or when the model's config.json cannot be
+    read without a download."""
+    from planning import deepspeed_settings, plan_run
+
+    if dry_run:
+        gpu_gib = script_args.gpu_memory_gib
+        accel = load_yaml_mapping(script_args.accelerate_config, "--accelerate_config") \
+            if script_args.accelerate_config else None
+        launch = deepspeed_settings(accel, method_args.deepspeed, env={} if accel is not None else None)
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        gpu_gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+        launch = deepspeed_settings(None, method_args.deepspeed)
+    return plan_run(script_args.method, method_args, model_args, batch, gpu_gib, launch)
+
+
+def check_plan(script_args, resources: dict | None) -> None:
+    """Print the plan's warnings; refuse a recipe that does not fit, with the plan's one-line fix."""
+    if resources is None:
+        return
+    for warning in resources["time_and_volume"]["warnings"]:
+        print(f"train.py: warning: {warning}", file=sys.stderr, flush=True)
+    memory = resources["memory"]
+    if memory["fits"]:
+        return
+    line = f"the memory plan does not fit a {memory['gpu_memory_gib']:.0f} GiB GPU: {memory['fix']}."
+    if not script_args.check_memory:
+        print(f"train.py: warning: {line} (check_memory: false, going on)", file=sys.stderr, flush=True)
+        return
+    raise RecipeError(f"{line} (The plan is an estimate: set check_memory: false to launch anyway.)")
 
 
 def check_files(script_args: RecipeArguments, model_args) -> dict:
@@ -337,7 +386,7 @@ def load_train_dataset(script_args: RecipeArguments):
     return dataset.map(to_prompt, remove_columns=["question"])
 
 
-def print_plan(script_args, method_args, model_args, plan: dict, files: dict) -> None:
+def print_plan(script_args, method_args, model_args, plan: dict, files: dict, resources: dict | None) -> None:
     keys = ["learning_rate", "max_steps", "num_train_epochs", "max_completion_length", "beta", "loss_type",
             "temperature", "use_vllm", "vllm_mode", "bf16", "gradient_checkpointing", "num_iterations"]
     from trl import GRPOConfig
@@ -356,24 +405,36 @@ def print_plan(script_args, method_args, model_args, plan: dict, files: dict) ->
         "training": {k: getattr(method_args, k) for k in keys},
         f"{script_args.method}_options": extra,
         "output_dir": method_args.output_dir,
+        **(resources or {"memory": {"available": False, "reason": (
+            f"no config.json for {model_args.model_name_or_path} in a local folder, the hub cache or "
+            "planning/model_configs/: download it (huggingface-cli download <id> config.json) to get the plan")}}),
     }
     print(json.dumps(out, indent=2, default=str))
 
 
 def check_tokenizer_early(script_args, method_args, model_args, local_only: bool = False) -> None:
-    """The method's tokenizer check (e.g. S-GRPO: `</think>` must be one token), before the model loads. With
-    `local_only` (the dry run) only for a local model folder: a hub tokenizer is not fetched."""
-    _, trainer_cls = method_classes(script_args.method)
-    check_tokenizer = getattr(sys.modules[trainer_cls.__module__], "check_tokenizer", None)
-    if check_tokenizer is None or (local_only and not os.path.isdir(os.path.expanduser(
-            model_args.model_name_or_path))):
-        return
+    """Tokenizer checks before the model loads, for every method: the think tags survive TRL's decoding
+    (rewards.parsing.check_think_tags), then the method's own check (e.g. S-GRPO: `</think>` must be one token).
+    With `local_only` (the dry run) a hub tokenizer is read only from the local cache, never fetched."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(model_args.model_name_or_path),
-                                              revision=model_args.model_revision)
+    from rewards.parsing import THINK_END, THINK_START, check_think_tags
+
+    _, trainer_cls = method_classes(script_args.method)
+    check_tokenizer = getattr(sys.modules[trainer_cls.__module__], "check_tokenizer", None)
+    path = os.path.expanduser(model_args.model_name_or_path)
     try:
-        check_tokenizer(tokenizer, method_args)
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision,
+                                                  local_files_only=local_only and not os.path.isdir(path))
+    except (OSError, ValueError):
+        if local_only:  # a hub tokenizer not in the cache: checked when the run starts
+            return
+        raise
+    tags = (getattr(method_args, "think_start_token", THINK_START), getattr(method_args, "think_end_token", THINK_END))
+    try:
+        check_think_tags(tokenizer, tags)
+        if check_tokenizer is not None:
+            check_tokenizer(tokenizer, method_args)
     except ValueError as e:
         raise RecipeError(str(e)) from e
 
@@ -387,18 +448,25 @@ def resolve_checkpoint(method_args) -> str | None:
         return None
     if ckpt in (True, "true", "True", "last"):
         return get_last_checkpoint(method_args.output_dir) if os.path.isdir(method_args.output_dir) else None
-    if not os.path.isdir(ckpt):
-        raise RecipeError(f"resume_from_checkpoint={ckpt!r} is not a folder; give a checkpoint-N folder or 'last'.")
-    return ckpt
+    if not os.path.isdir(os.path.expanduser(ckpt)):
+        raise RecipeError(f"resume_from_checkpoint={ckpt!r}: no such folder; give an existing checkpoint-N folder, "
+                          "or 'last' for the newest one in output_dir.")
+    if not os.path.isfile(os.path.join(os.path.expanduser(ckpt), "trainer_state.json")):
+        raise RecipeError(f"resume_from_checkpoint={ckpt!r} holds no trainer_state.json, so it is not a Trainer "
+                          "checkpoint; give a checkpoint-N folder inside a run's output_dir, or 'last'.")
+    return os.path.expanduser(ckpt)
 
 
 def main(argv: list[str] | None = None):
     script_args, method_args, model_args = parse(argv)
     plan, files = validate(script_args, method_args, model_args)
+    resources = resource_plan(script_args, method_args, model_args, plan, dry_run=script_args.dry_run)
     if script_args.dry_run:
         check_tokenizer_early(script_args, method_args, model_args, local_only=True)
-        print_plan(script_args, method_args, model_args, plan, files)
+        print_plan(script_args, method_args, model_args, plan, files, resources)
+        check_plan(script_args, resources)
         return None
+    check_plan(script_args, resources)
     # a hub id that cannot be fetched (HF_HUB_OFFLINE=1, not cached): say so before anything loads
     check_model_path(model_args.model_name_or_path, "model_name_or_path", revision=model_args.model_revision,
                      require_available=True)
