@@ -1,0 +1,220 @@
+"""planning/: the memory, time and volume plan of `train.py --dry_run`, checked against hand arithmetic for two real
+architectures, refusals of recipes that cannot fit, and the guards a first real run needs."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import train  # noqa: E402
+from planning import load_architecture  # noqa: E402
+from planning.memory import GIB, kv_bytes_per_token  # noqa: E402
+
+ZERO3 = str(ROOT / "accelerate_configs" / "zero3.yaml")
+REAL = sorted(p for p in (ROOT / "recipes").glob("*/*.yaml") if p.parent.name not in ("tiny", "synthetic", "eval"))
+
+
+def qwen3_8b_parameters() -> int:
+    """Qwen3-8B from its config.json, by hand: embeddings and LM head (untied), 36 layers of q/k/v/o (GQA 32/8
+    heads of 128), q/k RMSNorms of 128, two RMSNorms, a SwiGLU MLP of 12288, and the final norm."""
+    h, v, i, layers, kv = 4096, 151_936, 12_288, 36, 8 * 128
+    layer = h * h + 2 * h * kv + h * h + 2 * 128 + 2 * h + 3 * h * i
+    return 2 * v * h + layers * layer + h
+
+
+def r1_distill_7b_parameters() -> int:
+    """DeepSeek-R1-Distill-Qwen-7B (Qwen2): as above without q/k norms, with q/k/v biases, 28 heads / 4 KV heads."""
+    h, v, i, layers, kv = 3584, 152_064, 18_944, 28, 4 * 128
+    layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 2 * h + 3 * h * i
+    return 2 * v * h + layers * layer + h
+
+
+def dry_run(recipe, *extra, capsys=None):
+    train.main(["--config", str(recipe), "--dry_run", "--accelerate_config", ZERO3, *extra])
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("name, hand, kv_per_token", [
+    ("Qwen/Qwen3-8B", qwen3_8b_parameters(), 2 * 36 * 8 * 128 * 2),
+    ("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", r1_distill_7b_parameters(), 2 * 28 * 4 * 128 * 2),
+])
+def test_architecture_from_shipped_config(name, hand, kv_per_token):
+    arch = load_architecture(name)
+    assert "shipped copy" in arch.source
+    assert arch.parameters == hand
+    assert kv_bytes_per_token(arch) == kv_per_token
+    assert kv_bytes_per_token(arch, 2) == kv_per_token // 2  # KV heads split over a tensor-parallel pair
+
+
+def test_shipped_configs_cover_every_recipe_model():
+    names = {yaml.safe_load(p.read_text())["model_name_or_path"] for p in REAL}
+    assert names == {"Qwen/Qwen3-8B", "Qwen/Qwen3-14B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+                     "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", "microsoft/Phi-4-reasoning"}
+    published = {"Qwen/Qwen3-14B": 14.77e9, "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B": 14.77e9,
+                 "microsoft/Phi-4-reasoning": 14.66e9}  # the model cards' counts, to 3 digits
+    for name, count in published.items():
+        assert abs(load_architecture(name).parameters - count) < 0.005e9, name
+
+
+def test_plan_matches_hand_arithmetic_qwen3_8b_sgrpo(capsys):
+    """recipes/qwen3-8b/sgrpo.yaml on 8 processes under ZeRO-3, every figure of the plan recomputed by hand."""
+    plan = dry_run(ROOT / "recipes/qwen3-8b/sgrpo.yaml", capsys=capsys)
+    mem, p = plan["memory"], qwen3_8b_parameters()
+    g = lambda x: round(x / GIB, 2)  # noqa: E731
+    assert mem["policy_weights_gib"] == g(2 * p) == 15.26
+    assert mem["weights_gib"] == g(2 * p / 8)  # ZeRO-3 shards the bf16 weights
+    assert mem["gradients_gib"] == g(2 * p / 8)
+    assert mem["optimizer_gib"] == g(12 * p / 8)  # fp32 master + Adam m, v, sharded
+    assert mem["reference_model_gib"] == 0  # beta 0: TRL builds no reference model
+    # the micro-batch: 3 rows of 1024 prompt + 16384 thought + 32 exit text + 1024 answer tokens
+    rows, t = 3, 1024 + 16384 + 32 + 1024
+    assert mem["micro_batch"] == {"rows": rows, "tokens_per_row": t, "prompt_tokens_assumed": 1024}
+    h, i, q, kv, layers = 4096, 12288, 4096, 1024, 36
+    layer = (4 * h + 3 * q + 3 * kv + 4 * i + q + kv) * 2 * rows * t
+    act = layers * h * 2 * rows * t + layer + 3 * i * 2 * rows * t + 4 * rows * t * h
+    assert mem["activations_gib"]["layers"] == g(act)
+    assert mem["activations_gib"]["attention_mask"] == g(3 * rows * t * t)
+    # vLLM: 0.65 x 80 GiB, minus the weights and 2 GiB + TRL's 4096-token profile, is the KV cache
+    vllm = mem["vllm"]
+    budget = 0.65 * 80 * GIB
+    kv_pool = budget - 2 * p - 2 * GIB - 4096 * (4 * h + 4 * i) * 2
+    assert vllm["budget_gib"] == 52.0 and vllm["kv_cache_gib"] == g(kv_pool)
+    assert vllm["concurrent_max_length_sequences"] == int(kv_pool // (147_456 * 18_432))
+    # 144 sequences per GPU = 16 serial groups: 16 full rollouts, then their 16 x 8 exits
+    assert [c["sequences"] for c in vllm["generation_calls"]] == [16, 16]
+    resident = (2 + 2 + 12) * p / 8
+    assert mem["generation_phase_gib"] == g(resident + budget + GIB)
+    assert mem["fits"] and mem["peak_gib"] <= 0.9 * 80
+    tv = plan["time_and_volume"]
+    assert tv["worst_case_tokens_sampled_per_step"] == 128 * 16384 + 128 * 8 * 1024
+    assert tv["checkpoint_gib"] == round(16 * p / GIB, 1)
+    assert tv["checkpoints_on_disk_gib"] == round(16 * p * 4 / GIB, 1)  # 3 kept + the one being written
+    assert tv["ddp_timeout"] >= 1.5 * tv["worst_case_generation_seconds"] and not tv["warnings"]
+
+
+def test_plan_matches_hand_arithmetic_r1_distill_7b_lora(capsys):
+    """R1-Distill-Qwen-7B GRPO with LoRA r=16 on q/v under ZeRO-2: frozen bf16 base on every GPU, fp32 adapters."""
+    plan = dry_run(ROOT / "recipes/r1-distill-qwen-7b/grpo.yaml", "--use_peft", "true", "--lora_r", "16",
+                   "--lora_target_modules", "q_proj", "v_proj", "--accelerate_config",
+                   str(ROOT / "accelerate_configs/zero2.yaml"), capsys=capsys)
+    mem, p = plan["memory"], r1_distill_7b_parameters()
+    lora = 28 * 16 * ((3584 + 3584) + (3584 + 512))  # r x (in + out) for q_proj and v_proj of every layer
+    assert mem["zero_stage"] == 2 and mem["trainable_parameters"] == lora
+    assert mem["weights_gib"] == round((2 * p + 4 * lora) / GIB, 2)
+    assert mem["optimizer_gib"] == round(12 * lora / 8 / GIB, 2)
+    # TRL's fused head: completion hidden states (bf16) and their fp32 gradient, one 4096 x 32768 tile; a frozen
+    # head keeps no fp32 weight gradient
+    scored = 4 * 16384
+    assert mem["activations_gib"]["lm_head"] == round((6 * scored * 3584 + 2 * 4096 * 32768) / GIB, 2)
+    assert plan["time_and_volume"]["checkpoint_gib"] == round(20 * lora / GIB, 1)
+
+
+@pytest.mark.parametrize("recipe, changes, key", [
+    # the 14B recipes as first shipped: 24 GiB of vLLM for 27.5 GiB of weights
+    ("qwen3-14b/sgrpo.yaml", ["--vllm_gpu_memory_utilization", "0.3", "--vllm_tensor_parallel_size", "1"],
+     "raise vllm_gpu_memory_utilization"),
+    # the GFPO recipes as first shipped: 8 rows of 31.7k tokens in one micro-batch
+    ("qwen3-8b/gfpo-shortest-4of16.yaml", ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps",
+                                           "16"], "set per_device_train_batch_size: "),
+    ("qwen3-8b/sgrpo.yaml", ["--vllm_gpu_memory_utilization", "0.9"], "lower vllm_gpu_memory_utilization"),
+    ("qwen3-8b/sgrpo.yaml", ["--gradient_checkpointing", "false"], "set gradient_checkpointing: true"),
+])
+def test_recipes_that_cannot_fit_are_refused(recipe, changes, key, capsys):
+    with pytest.raises(train.RecipeError, match=key) as err:
+        train.main(["--config", str(ROOT / "recipes" / recipe), "--dry_run", "--accelerate_config", ZERO3, *changes])
+    assert "\n" not in str(err.value)
+    printed = json.loads(capsys.readouterr().out)  # the plan is printed before the refusal
+    assert printed["memory"]["fits"] is False and key in printed["memory"]["fix"]
+
+
+def test_check_memory_false_warns_instead(capsys):
+    train.main(["--config", str(ROOT / "recipes/qwen3-8b/sgrpo.yaml"), "--dry_run", "--accelerate_config", ZERO3,
+                "--gradient_checkpointing", "false", "--check_memory", "false"])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["memory"]["fits"] is False
+    assert "check_memory: false, going on" in captured.err
+
+
+def test_h200_fits_what_h100_does_not(capsys):
+    args = ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "32"]
+    with pytest.raises(train.RecipeError):
+        dry_run(ROOT / "recipes/qwen3-8b/gfpo-shortest-4of16.yaml", *args, capsys=capsys)
+    capsys.readouterr()
+    assert dry_run(ROOT / "recipes/qwen3-8b/gfpo-shortest-4of16.yaml", *args, "--gpu_memory_gib", "141",
+                   capsys=capsys)["memory"]["fits"]
+
+
+def test_timeout_and_log_volume_warnings(capsys):
+    train.main(["--config", str(ROOT / "recipes/qwen3-8b/grpo.yaml"), "--dry_run", "--accelerate_config", ZERO3,
+                "--ddp_timeout", "1800", "--log_completions", "true"])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["time_and_volume"]["warnings"]
+    err = captured.err
+    assert "set ddp_timeout: " in err and "log_completions writes up to" in err
+
+
+@pytest.mark.parametrize("recipe", REAL, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
+def test_every_real_recipe_fits_8x80_without_warnings(recipe, capsys):
+    train.main(["--config", str(recipe), "--dry_run", "--accelerate_config", ZERO3])
+    captured = capsys.readouterr()
+    plan = json.loads(captured.out)
+    assert plan["memory"]["fits"] and plan["memory"]["gpu_memory_gib"] == 80
+    assert plan["time_and_volume"]["warnings"] == [] and "warning" not in captured.err
+
+
+def test_unknown_model_has_no_plan_but_says_how(tmp_path, capsys):
+    recipe = yaml.safe_load((ROOT / "recipes/qwen3-8b/grpo.yaml").read_text())
+    recipe["model_name_or_path"] = "someone/unknown-model"
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    plan = dry_run(path, capsys=capsys)
+    assert plan["memory"]["available"] is False and "huggingface-cli download" in plan["memory"]["reason"]
+
+
+# ------------------------------------------------------------------------------------- guards at start
+
+
+def test_empty_recipe_key_is_refused(tmp_path):
+    text = (ROOT / "recipes/tiny/grpo.yaml").read_text().replace("num_generations: 4", "num_generations:")
+    assert "num_generations:\n" in text
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(train.InputError, match="`num_generations` is empty; give it a value, or remove it"):
+        train.main(["--config", str(path), "--dry_run"])
+
+
+def test_missing_resume_folder_is_refused_in_the_dry_run(tmp_path):
+    with pytest.raises(train.RecipeError, match="no such folder"):
+        train.main(["--config", str(ROOT / "recipes/qwen3-8b/grpo.yaml"), "--dry_run",
+                    "--resume_from_checkpoint", str(tmp_path / "runs/x/checkpoint-50")])
+    (tmp_path / "not-a-checkpoint").mkdir()
+    with pytest.raises(train.RecipeError, match="no trainer_state.json"):
+        train.main(["--config", str(ROOT / "recipes/qwen3-8b/grpo.yaml"), "--dry_run",
+                    "--resume_from_checkpoint", str(tmp_path / "not-a-checkpoint")])
+
+
+@pytest.mark.parametrize("method_recipe", ["grpo.yaml", "gfpo-shortest.yaml", "sgrpo.yaml"])
+def test_special_think_tag_is_refused_for_every_method(method_recipe, tmp_path, tiny_model_path):
+    """A tokenizer whose `</think>` is special loses it in TRL's decoding: refused before any model loads."""
+    model = tmp_path / "special-think"
+    shutil.copytree(tiny_model_path, model)
+    tok = json.loads((model / "tokenizer.json").read_text())
+    for added in tok["added_tokens"]:
+        if added["content"] == "</think>":
+            added["special"] = True
+    (model / "tokenizer.json").write_text(json.dumps(tok))
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
+    key = "extra_special_tokens" if "extra_special_tokens" in config else "additional_special_tokens"
+    config[key] = [*extra, "</think>"] if isinstance(extra, list) else extra
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    recipe = ROOT / "recipes" / "tiny" / method_recipe
+    with pytest.raises(train.RecipeError, match=r"drops '</think>' when decoding with skip_special_tokens=True"):
+        train.main(["--config", str(recipe), "--dry_run", "--model_name_or_path", str(model),
+                    "--dataset_name", str(ROOT / "recipes/tiny/data.jsonl")])
