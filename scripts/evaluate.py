@@ -423,7 +423,13 @@ def generate(args, out_dir: Path, model_path: str, adapter: str | None, tokenize
     """Load the back-end once, then generate and grade every benchmark's missing samples."""
     from transformers import AutoTokenizer, GenerationConfig
 
+    from rewards.parsing import check_think_tags
+
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, revision=None if adapter else args.revision)
+    try:  # the evaluator decodes with skip_special_tokens=True too: a special `</think>` would hide every answer
+        check_think_tags(tokenizer)
+    except ValueError as err:
+        raise InputError(f"--tokenizer {tokenizer_path}: {err}") from None
     try:
         generation_config = GenerationConfig.from_pretrained(model_path, revision=args.revision)
     except (OSError, ValueError):
