@@ -58,8 +58,12 @@ def find_config(name_or_path: str, revision: str | None = None) -> tuple[dict, s
     return None
 
 
-def _lora_targets(target_modules) -> re.Pattern | set[str] | None:
-    if target_modules in (None, "all-linear", ["all-linear"]):
+def _lora_targets(target_modules, model_type: str) -> re.Pattern | set[str] | None:
+    if target_modules is None:  # peft's default for the architecture (q_proj and v_proj for Qwen), else all-linear
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+        return set(DEFAULTS[model_type]) if model_type in DEFAULTS else None
+    if target_modules in ("all-linear", ["all-linear"]):
         return None  # peft's all-linear: every nn.Linear but the output head
     if isinstance(target_modules, str):
         return re.compile(target_modules)
@@ -85,7 +89,7 @@ def load_architecture(name_or_path: str, revision: str | None = None, lora_r: in
     text = config.get_text_config()
     head = model.get_output_embeddings()
     layers = model.get_decoder().layers
-    targets = _lora_targets(lora_target_modules)
+    targets = _lora_targets(lora_target_modules, config.model_type)
     lora = 0
     if lora_r:
         for name, module in model.named_modules():

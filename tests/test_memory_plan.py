@@ -218,3 +218,12 @@ def test_special_think_tag_is_refused_for_every_method(method_recipe, tmp_path, 
     with pytest.raises(train.RecipeError, match=r"drops '</think>' when decoding with skip_special_tokens=True"):
         train.main(["--config", str(recipe), "--dry_run", "--model_name_or_path", str(model),
                     "--dataset_name", str(ROOT / "recipes/tiny/data.jsonl")])
+
+
+def test_lora_adapter_counts():
+    """r x (in + out) per adapted linear: peft's default for Qwen (q_proj, v_proj) and all-linear."""
+    default = load_architecture("Qwen/Qwen3-8B", lora_r=64).lora_parameters
+    assert default == 36 * 64 * ((4096 + 4096) + (4096 + 1024))
+    every = load_architecture("Qwen/Qwen3-8B", lora_r=64, lora_target_modules="all-linear").lora_parameters
+    per_layer = (4096 + 4096) + 2 * (4096 + 1024) + (4096 + 4096) + 2 * (4096 + 12288) + (12288 + 4096)
+    assert every == 36 * 64 * per_layer
