@@ -75,19 +75,3 @@ def brace_depth(text: str) -> int:
         deepest = max(deepest, depth)
     return deepest
 
-
-def check_think_tags(tokenizer, tags=(THINK_START, THINK_END)) -> None:
-    """Raise ValueError when a think tag does not survive decoding with `skip_special_tokens=True`, which is how TRL
-    decodes completions (and the evaluator too): a tokenizer that registers `</think>` as a *special* token would make
-    every answer vanish, every reward 0, and GFPO and S-GRPO learn nothing without a word. A tokenizer that does not
-    know a tag at all (a model that does not think) passes: the text is then plain text."""
-    for tag in tags:
-        ids = tokenizer.encode(f"a {tag} b", add_special_tokens=False)
-        decoded = tokenizer.decode(ids, skip_special_tokens=True)
-        if tag not in decoded:
-            raise ValueError(
-                f"The tokenizer drops {tag!r} when decoding with skip_special_tokens=True (it is registered as a special "
-                f"token), so TRL never shows it to the rewards and every answer scores 0. Register it as a normal added "
-                f"token: in tokenizer.json set \"special\": false for {tag!r} and remove it from "
-                f"additional_special_tokens in tokenizer_config.json (in code: tokenizer.add_tokens([{tag!r}], "
-                f"special_tokens=False) on a tokenizer that does not have it yet), as Qwen3 and R1-Distill do.")

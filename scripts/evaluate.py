@@ -42,7 +42,6 @@ from input_checks import (  # noqa: E402
 from benchmarks.evaluation import (  # noqa: E402
     DEFAULT_TEMPLATE,
     Protocol,
-    eos_token_ids,
     regrade_dir,
     run_benchmark,
     write_run_summary,
@@ -68,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--model", help="hub name or local dir; a dir with adapter_config.json is a LoRA adapter on its base")
     a("--base_model", help="base model of a LoRA adapter (default: base_model_name_or_path in adapter_config.json)")
     a("--tokenizer", help="tokenizer path (default: the model's, or the adapter dir's when it has one)")
+    a("--eos_token", help="the token that ends a completion, replacing the tokenizer's eos (e.g. '<|im_end|>'); by "
+                          "default the tokenizer's eos and the generation config's, printed at start with the chat "
+                          "template's end of turn, and a warning when they disagree")
     a("--revision", help="model revision (hub branch, tag or commit), recorded in the protocol")
     a("--benchmarks", default="gsm8k",
       help="comma list of registry names (gsm8k, math500, amc23, aime24, aime25, gpqa_diamond) or local .jsonl paths")
@@ -423,7 +425,7 @@ def generate(args, out_dir: Path, model_path: str, adapter: str | None, tokenize
     """Load the back-end once, then generate and grade every benchmark's missing samples."""
     from transformers import AutoTokenizer, GenerationConfig
 
-    from rewards.parsing import check_think_tags
+    from checks.tokenizer import check_think_tags, completion_end_tokens
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, revision=None if adapter else args.revision)
     try:  # the evaluator decodes with skip_special_tokens=True too: a special `</think>` would hide every answer
@@ -434,7 +436,16 @@ def generate(args, out_dir: Path, model_path: str, adapter: str | None, tokenize
         generation_config = GenerationConfig.from_pretrained(model_path, revision=args.revision)
     except (OSError, ValueError):
         generation_config = None
-    eos = eos_token_ids(tokenizer, generation_config)
+    try:
+        end = completion_end_tokens(tokenizer, generation_config, [args.eos_token] if args.eos_token else None)
+    except ValueError as err:
+        raise InputError(f"--eos_token: {err}") from None
+    eos = end["chosen_ids"]
+    print(f"evaluate.py: a completion ends at {end['chosen']} (tokenizer eos {end['tokenizer_eos']}, generation "
+          f"config eos {end['generation_config_eos']}, chat template end of turn {end['template_end_of_turn']})",
+          file=sys.stderr, flush=True)
+    if end["warning"]:
+        print(f"evaluate.py: warning: {end['warning']}", file=sys.stderr, flush=True)
     if args.backend == "vllm":
         from benchmarks.generation import VLLMBackend
 

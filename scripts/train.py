@@ -78,6 +78,12 @@ class RecipeArguments:
     num_processes: int | None = field(
         default=None, metadata={"help": "Process count for the dry-run plan (overrides accelerate_config)."}
     )
+    eos_token: str | None = field(
+        default=None,
+        metadata={"help": "The token that ends a completion, replacing the tokenizer's eos (e.g. '<|im_end|>'). Default: "
+                          "TRL's rule, the tokenizer's eos and every eos of the generation config; the run prints "
+                          "them with the chat template's end of turn and warns when they disagree."},
+    )
     gpu_memory_gib: float = field(
         default=80.0,
         metadata={"help": "GPU memory (GiB) the dry run's memory plan is checked against: 80 for H100/A100 80GB, 141 "
@@ -405,38 +411,64 @@ def print_plan(script_args, method_args, model_args, plan: dict, files: dict, re
         "training": {k: getattr(method_args, k) for k in keys},
         f"{script_args.method}_options": extra,
         "output_dir": method_args.output_dir,
-        **(resources or {"memory": {"available": False, "reason": (
+        "memory": {"available": False, "reason": (
             f"no config.json for {model_args.model_name_or_path} in a local folder, the hub cache or "
-            "planning/model_configs/: download it (huggingface-cli download <id> config.json) to get the plan")}}),
+            "planning/model_configs/: download it (huggingface-cli download <id> config.json) to get the plan")},
+        **(resources or {}),
     }
     print(json.dumps(out, indent=2, default=str))
 
 
-def check_tokenizer_early(script_args, method_args, model_args, local_only: bool = False) -> None:
-    """Tokenizer checks before the model loads, for every method: the think tags survive TRL's decoding
-    (rewards.parsing.check_think_tags), then the method's own check (e.g. S-GRPO: `</think>` must be one token).
-    With `local_only` (the dry run) a hub tokenizer is read only from the local cache, never fetched."""
-    from transformers import AutoTokenizer
+def check_tokenizer_early(script_args, method_args, model_args, local_only: bool = False):
+    """Tokenizer checks before the model loads, for every method: the think tags survive TRL's decoding, which tokens
+    end a completion (checks/tokenizer.py), then the method's own check (e.g. S-GRPO: `</think>` must be one token).
+    Returns (tokenizer, completion-end info), or None when `local_only` (the dry run) finds a hub tokenizer that is not
+    in the local cache: it is never fetched."""
+    from transformers import AutoTokenizer, GenerationConfig
 
-    from rewards.parsing import THINK_END, THINK_START, check_think_tags
+    from checks.tokenizer import THINK_END, THINK_START, check_think_tags, completion_end_tokens
 
     _, trainer_cls = method_classes(script_args.method)
     check_tokenizer = getattr(sys.modules[trainer_cls.__module__], "check_tokenizer", None)
     path = os.path.expanduser(model_args.model_name_or_path)
+    cached_only = local_only and not os.path.isdir(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision,
-                                                  local_files_only=local_only and not os.path.isdir(path))
+                                                  local_files_only=cached_only)
     except (OSError, ValueError):
         if local_only:  # a hub tokenizer not in the cache: checked when the run starts
-            return
+            return None
         raise
+    try:
+        generation_config = GenerationConfig.from_pretrained(path, revision=model_args.model_revision,
+                                                             local_files_only=cached_only)
+    except (OSError, ValueError):
+        generation_config = None
     tags = (getattr(method_args, "think_start_token", THINK_START), getattr(method_args, "think_end_token", THINK_END))
     try:
         check_think_tags(tokenizer, tags)
+        end = completion_end_tokens(tokenizer, generation_config,
+                                    [script_args.eos_token] if script_args.eos_token else None)
         if check_tokenizer is not None:
             check_tokenizer(tokenizer, method_args)
     except ValueError as e:
         raise RecipeError(str(e)) from e
+    if end["warning"]:
+        print(f"train.py: warning: {end['warning']}", file=sys.stderr, flush=True)
+    return tokenizer, end
+
+
+def apply_eos_override(script_args, method_args, tokenizer):
+    """With `eos_token`, the tokenizer TRL is given ends completions there (TRL adds the generation config's eos), and
+    vLLM, which reads the checkpoint's own tokenizer, stops there too. Returns the tokenizer to pass, or None."""
+    if not script_args.eos_token:
+        return None
+    tokenizer.eos_token = script_args.eos_token
+    if method_args.use_vllm:
+        kwargs = dict(method_args.generation_kwargs or {})
+        kwargs["stop_token_ids"] = list(dict.fromkeys([*kwargs.get("stop_token_ids", []), tokenizer.eos_token_id]))
+        method_args.generation_kwargs = kwargs
+    return tokenizer
 
 
 def resolve_checkpoint(method_args) -> str | None:
@@ -462,7 +494,9 @@ def main(argv: list[str] | None = None):
     plan, files = validate(script_args, method_args, model_args)
     resources = resource_plan(script_args, method_args, model_args, plan, dry_run=script_args.dry_run)
     if script_args.dry_run:
-        check_tokenizer_early(script_args, method_args, model_args, local_only=True)
+        checked = check_tokenizer_early(script_args, method_args, model_args, local_only=True)
+        if checked is not None:
+            resources = {**(resources or {}), "completion_end": {k: v for k, v in checked[1].items() if k != "chosen_ids"}}
         print_plan(script_args, method_args, model_args, plan, files, resources)
         check_plan(script_args, resources)
         return None
@@ -479,7 +513,8 @@ def main(argv: list[str] | None = None):
     _, trainer_cls = method_classes(script_args.method)
     trainer_cls = with_cost_accounting(trainer_cls)  # cost/sampled_tokens, cost/trained_tokens per step
     checkpoint = resolve_checkpoint(method_args)
-    check_tokenizer_early(script_args, method_args, model_args)
+    tokenizer, end = check_tokenizer_early(script_args, method_args, model_args)
+    processing_class = apply_eos_override(script_args, method_args, tokenizer)
     dataset = load_train_dataset(script_args)
     reward_funcs = build_reward_funcs(script_args.reward_funcs, script_args.reward_kwargs)
     init_kwargs = dict(method_args.model_init_kwargs or {})
@@ -502,12 +537,16 @@ def main(argv: list[str] | None = None):
         args=method_args,
         train_dataset=dataset,
         peft_config=get_peft_config(model_args),
+        processing_class=processing_class,
     )
     if trainer.accelerator.is_main_process:
         ds = trainer.accelerator.state.deepspeed_plugin
         print(f"[concise-rl] {trainer_cls_name}: processes={trainer.accelerator.num_processes} "
               f"distributed={trainer.accelerator.distributed_type.value} zero_stage={ds.zero_stage if ds else None} "
               f"G={method_args.num_generations} rows={len(dataset)} resume={checkpoint}", flush=True)
+        print(f"[concise-rl] a completion ends at {end['chosen']} (tokenizer eos {end['tokenizer_eos']}, generation "
+              f"config eos {end['generation_config_eos']}, chat template end of turn {end['template_end_of_turn']}; "
+              f"TRL stops at {trainer.eos_token_ids})", flush=True)
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(method_args.output_dir)
     if trainer.accelerator.is_main_process:
