@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import train  # noqa: E402
+
 from planning import load_architecture  # noqa: E402
 from planning.memory import GIB, kv_bytes_per_token  # noqa: E402
 

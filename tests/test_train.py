@@ -63,14 +63,14 @@ def test_dry_run_every_recipe(recipe, capsys, tiny_model_path):
 
 
 def test_dry_run_plan_numbers(capsys):
-    """Qwen3-8B GRPO on 8 processes: 16 x 8 x 8 = 1024 completions = 128 questions x 8 per optimizer step."""
+    """Qwen3-8B GRPO on 8 processes: 4 x 8 x 32 = 1024 completions = 128 questions x 8 per optimizer step."""
     recipe = ROOT / "recipes" / "qwen3-8b" / "grpo.yaml"
     train.main(["--config", str(recipe), "--dry_run", "--accelerate_config", str(ROOT / "accelerate_configs/zero3.yaml")])
     batch = json.loads(capsys.readouterr().out)["batch"]
     assert batch["processes"] == 8
     assert batch["completions_per_optimizer_step"] == 1024
     assert batch["questions_per_optimizer_step"] == 128
-    assert batch["steps_per_generation"] == 8
+    assert batch["steps_per_generation"] == 32
     assert batch["completions_per_process_per_generation"] == 128
     assert batch["groups_whole_on_each_process"] is True
 
