@@ -235,3 +235,112 @@ def prefix_token_credit(cuts: Sequence[int], advantages: Sequence[float], token:
     weight = (lambda i: 1.0) if lengths is None else (lambda i: 1.0 / lengths[i])
     members = [i for i, p in enumerate(cuts) if p > token] + [len(cuts)]
     return float(sum(advantages[i] * weight(i) for i in members))
+
+
+# ------------------------------------------------------------------ vLLM importance-sampling correction (analysis)
+VLLM_IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+def vllm_is_ratio(old_logps: torch.Tensor, sampling_logps: torch.Tensor, mask: torch.Tensor,
+                  mode: str = "sequence_mask", clip_min: float | None = None,
+                  clip_max: float | None = 3.0) -> torch.Tensor:
+    """TRL 1.16.0's vLLM importance-sampling ratio, replicated for analysis (TRL has no function for it: the lines
+    sit inside `GRPOTrainer._generate_and_score_completions`, "Compute the importance sampling ratio when using
+    vLLM", trl/trainer/grpo_trainer.py). tests/test_sgrpo_is.py checks it against TRL's output on a real run.
+
+    diff = nan_to_num((old - sampling) * mask, nan=0): a NaN sampling log-prob (S-GRPO's injected exit text)
+    contributes 0, i.e. ratio 1. Sequence modes sum diff over the row -> (B, 1); token modes keep (B, T).
+    ratio = exp(diff); '*_truncate' clamps it to [clip_min, clip_max]; '*_mask' sets a ratio outside
+    [clip_min or -inf, clip_max or +inf] to 0. TRL's defaults: sequence_mask, clip_max 3.0, clip_min None - only
+    rows the trainer finds more likely than the sampler did (sum of log-prob differences > log 3) are masked.
+    """
+    if mode not in VLLM_IS_MODES:
+        raise ValueError(f"mode must be one of {VLLM_IS_MODES}, got {mode!r}")
+    diff = torch.nan_to_num((old_logps - sampling_logps) * mask, nan=0.0)
+    if mode.startswith("sequence"):
+        diff = diff.sum(dim=-1, keepdim=True)
+    ratio = torch.exp(diff)
+    if mode.endswith("truncate"):
+        return torch.clamp(ratio, min=clip_min, max=clip_max)
+    lo = clip_min if clip_min is not None else -math.inf
+    hi = clip_max if clip_max is not None else math.inf
+    return ratio.masked_fill((ratio < lo) | (ratio > hi), 0.0)
+
+
+def is_affected_share(ratio: torch.Tensor, token_mask: torch.Tensor, mode: str, clip_min: float | None = None,
+                      clip_max: float | None = 3.0) -> torch.Tensor:
+    """Per row, the share of its loss tokens that the IS correction masks ('*_mask': ratio set to 0) or clips
+    ('*_truncate': ratio at a bound). Sequence modes give 0 or 1 per row. `ratio` is TRL's
+    `importance_sampling_ratio` ((B, 1) or (B, T)); `token_mask` the (B, T) mask TRL used
+    (completion_mask * tool_mask)."""
+    if mode not in VLLM_IS_MODES:
+        raise ValueError(f"mode must be one of {VLLM_IS_MODES}, got {mode!r}")
+    if mode.endswith("mask"):
+        hit = ratio == 0
+    else:
+        hit = torch.zeros_like(ratio, dtype=torch.bool)
+        if clip_max is not None:
+            hit |= ratio >= clip_max
+        if clip_min is not None:
+            hit |= ratio <= clip_min
+    hit = hit.float()
+    if hit.shape[-1] == 1:  # sequence level
+        return hit[:, 0]
+    mask = token_mask.float()
+    return (hit * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def is_row_mean_ratio(ratio: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the mean IS weight on its loss tokens (the row's ratio in sequence modes)."""
+    if ratio.shape[-1] == 1:
+        return ratio[:, 0].float()
+    mask = token_mask.float()
+    return (ratio.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def is_correction_stats(share: torch.Tensor, mean_ratio: torch.Tensor, is_full: torch.Tensor,
+                        exit_frac: torch.Tensor, advantages: torch.Tensor, group_size: int,
+                        groups: torch.Tensor | None = None, kind: str = "masked", sequence_level: bool = True,
+                        num_bins: int = 4) -> dict[str, float]:
+    """What TRL's vLLM IS correction does to serial groups (rows gathered, in serial-group order).
+
+    Args:
+        share: per row, the share of loss tokens masked / clipped (`is_affected_share`).
+        mean_ratio: per row, the mean IS weight (`is_row_mean_ratio`).
+        is_full: per row, True for a full rollout O_0. exit_frac: per row, P_i / n (read for exits only).
+        advantages: per row, the S-GRPO advantages A = r - mean(r) (sum to 0 in each group of `group_size`).
+        groups: optional bool per group, the groups to average the advantage sums over (e.g. not dropped).
+        kind: "masked" ('*_mask' modes) or "clipped" ('*_truncate' modes): names the keys.
+        sequence_level: the mode is 'sequence_*' (a share is 0 or 1 per row); token modes have no groups_split.
+    Returns (metric name -> value; a quartile with no exit is left out):
+        sgrpo/is_{kind}_frac/full, /exits, /exit_q1../exit_qB: mean share over those rows;
+        sgrpo/is_{kind}_frac/groups_split (sequence modes): share of groups with some but not all members affected;
+        sgrpo/is_kept_adv_sum_abs ('masked' only): mean over groups of |sum_i (1 - share_i) A_i|, the advantage
+            mass the mask leaves unbalanced (0 when nothing or the whole group is masked);
+        sgrpo/is_weighted_adv_sum_abs: mean over groups of |sum_i mean_ratio_i A_i|, the same with the IS weights.
+    """
+    share, mean_ratio = share.float(), mean_ratio.float()
+    is_full = is_full.bool()
+    exits = ~is_full
+    pre = f"sgrpo/is_{kind}_frac"
+    out: dict[str, float] = {}
+    if is_full.any():
+        out[f"{pre}/full"] = share[is_full].mean().item()
+    if exits.any():
+        out[f"{pre}/exits"] = share[exits].mean().item()
+        bins = exit_quantile_bins(exit_frac[exits].float(), num_bins)
+        for b in range(num_bins):
+            sel = bins == b
+            if sel.any():
+                out[f"{pre}/exit_q{b + 1}"] = share[exits][sel].mean().item()
+    s = share.view(-1, group_size)
+    adv = advantages.float().view(-1, group_size)
+    keep = torch.ones(s.shape[0], dtype=torch.bool, device=s.device) if groups is None else groups.bool()
+    if sequence_level:
+        hit = s > 0
+        out[f"{pre}/groups_split"] = (hit.any(dim=1) & ~hit.all(dim=1)).float().mean().item()
+    if keep.any():
+        if kind == "masked":
+            out["sgrpo/is_kept_adv_sum_abs"] = ((1 - s) * adv).sum(dim=1).abs()[keep].mean().item()
+        out["sgrpo/is_weighted_adv_sum_abs"] = (mean_ratio.view(-1, group_size) * adv).sum(dim=1).abs()[keep].mean().item()
+    return out

@@ -16,7 +16,14 @@ How it wraps TRL 1.16 (never copying `_generate_and_score_completions`):
    gathered rows decides each member's correctness (weighted reward sum > `correct_threshold`) and turns it into
    the serial rewards (decay / all_one / shortest_one) and advantages A = r - mean(r) (no std).
 4. `_generate_and_score_completions` (wrapped) replaces the returned `advantages` with the S-GRPO ones, applies
-   the optional unsolved-group dropping, and logs the S-GRPO metrics.
+   the optional unsolved-group dropping, and logs the S-GRPO metrics; with TRL's vLLM importance-sampling
+   correction on, also what it did to the serial groups, read from the returned `importance_sampling_ratio`
+   (`sgrpo/is_masked_frac/{full,exits,exit_q1..q4,groups_split}` or `is_clipped_frac/...` for the truncate modes,
+   `sgrpo/is_kept_adv_sum_abs`, `sgrpo/is_weighted_adv_sum_abs`), and `sgrpo/exit_prompt_cached_frac`, the exit
+   prompts' tokens a colocated engine served from its prefix cache (docs/sgrpo-importance-sampling.md).
+5. With `vllm_enable_sleep_mode` (colocate), the two calls of step 1 share one wake of the engine
+   (`_engine_awake`): TRL would put the engine to sleep after the full rollouts, then re-push the weights and reset
+   the prefix cache before the exits.
 
 Groups stay whole: TRL's `RepeatSampler` yields each prompt index `num_generations` times consecutively, and the
 training dataloader hands every rank consecutive chunks of `per_device_train_batch_size * steps_per_generation`
@@ -49,6 +56,9 @@ from trainers.serial_group import (  # re-exported: `from trainers.sgrpo import 
     exit_prompt_ids,
     exit_quantile_bins,
     exit_text_mask,
+    is_affected_share,
+    is_correction_stats,
+    is_row_mean_ratio,
     sample_exit_positions,
     serial_advantages,
     serial_rewards_for_questions,
@@ -87,7 +97,8 @@ WRAPPED_TRL_HOOKS = (
 )
 # Private attributes of GRPOTrainer read or temporarily changed here.
 WRAPPED_TRL_ATTRIBUTES = (
-    "vllm_generation",  # .max_completion_length: the exit answers' token budget on vLLM
+    "vllm_generation",  # .max_completion_length: the exit answers' token budget on vLLM; .mode, .llm and
+    # .enable_sleep_mode: one wake for both generation calls (SGRPOTrainer._engine_awake)
     "generation_config",  # .max_new_tokens: the same on transformers generate
     "generation_kwargs",
     "reward_weights",
@@ -97,10 +108,17 @@ WRAPPED_TRL_ATTRIBUTES = (
     "_logs",
     "num_generations",
     "use_vllm",
+    "vllm_importance_sampling_correction",  # read for the sgrpo/is_* metrics
+    "vllm_importance_sampling_mode",
+    "vllm_importance_sampling_clip_min",
+    "vllm_importance_sampling_clip_max",
 )
 # Keys of `_generate_and_score_completions`' output dict read or rewritten here.
 REQUIRED_OUTPUT_KEYS = ("completion_ids", "completion_mask", "advantages", "num_items_in_batch")
-OPTIONAL_OUTPUT_KEYS = ("tool_mask",)  # created when S-GRPO masks tokens and TRL did not
+OPTIONAL_OUTPUT_KEYS = (
+    "tool_mask",  # created when S-GRPO masks tokens and TRL did not
+    "importance_sampling_ratio",  # read (vLLM IS correction on) for the sgrpo/is_* metrics
+)
 
 
 @dataclass
@@ -260,16 +278,47 @@ def check_tokenizer(tokenizer, args: SGRPOConfig) -> tuple[list[int], int, int |
     return exit_ids, think_end_id, single_id(args.think_start_token)
 
 
+_MISSING = object()
+
+
+class _AwakeHold:
+    """Handle yielded by `SGRPOTrainer._engine_awake`: `second_call()` runs TRL's next `generate` without its
+    sleep-mode wake / re-sync / sleep when the engine was kept awake after the first call."""
+
+    def __init__(self, vllm_generation, deferred=None):
+        self._vg, self._deferred, self._saved = vllm_generation, deferred, None
+
+    @contextlib.contextmanager
+    def second_call(self):
+        if self._vg is None or not self._deferred:  # not in sleep mode, or the first call did not sleep
+            yield
+            return
+        self._saved = self._vg.enable_sleep_mode
+        self._vg.enable_sleep_mode = False
+        try:
+            yield
+        finally:
+            self.restore()
+
+    def restore(self):
+        if self._vg is not None and self._saved is not None:
+            self._vg.enable_sleep_mode = self._saved
+            self._saved = None
+
+
 class SGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose groups are S-GRPO serial groups with decaying rewards (see the module docstring)."""
 
     _tag_names = ["trl", "grpo", "s-grpo", "concise-rl"]
+    # With vllm_enable_sleep_mode (colocate): one wake for the full-rollout and exit calls (`_engine_awake`).
+    keep_engine_awake: bool = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._sgrpo_batch: dict | None = None  # local layout of the current generation batch
         self._sgrpo_scores: dict | None = None  # gathered correctness / rewards / advantages
         self._exit_draws = (-1, 0)  # (global_step, draws in that step): seeds the exit positions reproducibly
+        self._sgrpo_exit_cache: list[int] | None = None  # [cached, prompt] tokens of the last exit call (vLLM)
         if self.args.serial:
             if self.tools or self.rollout_func is not None or self.environment_factories is not None:
                 raise ValueError("S-GRPO builds its own serial groups; tools, rollout_func and environment_factory "
@@ -311,6 +360,77 @@ class SGRPOTrainer(GRPOTrainer):
                 else:
                     setattr(obj, attr, value)
 
+    @contextlib.contextmanager
+    def _engine_awake(self):
+        """Keep a colocated vLLM engine in sleep mode awake from the full-rollout call to the exit call.
+
+        TRL 1.16's `VLLMGeneration.generate` (trl/generation/vllm_generation.py) wakes the KV cache, generates, then
+        calls `llm.sleep(level=2)`, which discards weights and KV cache (vLLM clears the prefix cache on any sleep of
+        level >= 1) and marks the weights as sleeping; the next `generate` therefore calls `sync_weights()`, which
+        re-pushes every parameter (a full gather under ZeRO-3) and calls `reset_prefix_cache()`. Called twice per
+        batch, S-GRPO's exit prompts would miss the prefix cache and pay a second weight push. Here the sleep that
+        ends the first call is deferred (an instance attribute shadows `llm.sleep`), the second call runs with
+        `enable_sleep_mode` off (no re-sync, no wake, no sleep) on the still-awake engine, and the deferred sleep
+        runs when both calls are done, or on error. Nothing is copied from TRL; `keep_engine_awake = False` turns
+        this off (TRL's behaviour: two wakes, two weight pushes).
+        """
+        vg = getattr(self, "vllm_generation", None) if self.use_vllm else None
+        if not (self.keep_engine_awake and vg is not None and getattr(vg, "mode", None) == "colocate"
+                and getattr(vg, "enable_sleep_mode", False)):
+            yield _AwakeHold(None)
+            return
+        llm = vg.llm
+        shadowed = vars(llm).get("sleep", _MISSING)
+        real_sleep = llm.sleep
+        deferred: list[tuple[tuple, dict]] = []
+
+        def deferred_sleep(*args, **kwargs):
+            deferred.append((args, kwargs))
+
+        llm.sleep = deferred_sleep
+        hold = _AwakeHold(vg, deferred)
+        try:
+            yield hold
+        finally:
+            if shadowed is _MISSING:
+                del llm.sleep
+            else:
+                llm.sleep = shadowed
+            hold.restore()
+            if deferred:
+                args, kwargs = deferred[-1]
+                real_sleep(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _count_cached_prompt_tokens(self):
+        """Count the exit prompts' tokens that a colocated engine served from its prefix cache (vLLM's
+        `RequestOutput.num_cached_tokens`). Yields a 2-item list [cached, prompt tokens]; [0, 0] when not
+        measurable (transformers, server mode)."""
+        counts = [0, 0]
+        vg = getattr(self, "vllm_generation", None) if self.use_vllm else None
+        if vg is None or getattr(vg, "mode", None) != "colocate":
+            yield counts
+            return
+        llm = vg.llm
+        shadowed = vars(llm).get("generate", _MISSING)
+        real_generate = llm.generate
+
+        def counting_generate(*args, **kwargs):
+            outputs = real_generate(*args, **kwargs)
+            for o in outputs:
+                counts[0] += int(getattr(o, "num_cached_tokens", 0) or 0)
+                counts[1] += len(o.prompt_token_ids or ())
+            return outputs
+
+        llm.generate = counting_generate
+        try:
+            yield counts
+        finally:
+            if shadowed is _MISSING:
+                del llm.generate
+            else:
+                llm.generate = shadowed
+
     # ------------------------------------------------------------------------------------ generation
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if not self._serial_active():
@@ -327,6 +447,11 @@ class SGRPOTrainer(GRPOTrainer):
             if any(list(prompt_ids[q * G + j]) != first for j in range(1, G)):
                 raise RuntimeError(f"S-GRPO group {q} mixes prompts: the local batch is not whole groups of {G}.")
 
+        # One wake of a sleeping colocated engine for both calls, so the exits find the rollouts in the prefix cache.
+        with self._engine_awake() as awake:
+            return self._serial_generate(prompt_ids, G, m, R, n_q, awake)
+
+    def _serial_generate(self, prompt_ids, G, m, R, n_q, awake):
         # 1) Full rollouts O_0: one per serial group, with TRL's sampling and max_completion_length.
         path_prompts = [list(prompt_ids[q * G]) for q in range(n_q) for _ in range(R)]
         full_ids, full_lps = super()._generate_single_turn(path_prompts, None, {}, 1)
@@ -344,8 +469,9 @@ class SGRPOTrainer(GRPOTrainer):
             exit_prompts.extend(exit_prompt_ids(prompt, comp, span.start + p, self._exit_ids) for p in ps)
 
         # 3) Answers C_i: the policy continues every exit prompt for at most max_answer_length tokens.
-        with self._answer_budget():
+        with self._answer_budget(), awake.second_call(), self._count_cached_prompt_tokens() as cached:
             ans_ids, ans_lps = super()._generate_single_turn(exit_prompts, None, {}, 1)
+        self._sgrpo_exit_cache = cached
 
         # 4) Serial groups: exits in position order, the full rollout last.
         completion_ids, logprobs = [], ([] if full_lps is not None else None)
@@ -425,11 +551,12 @@ class SGRPOTrainer(GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
-        self._sgrpo_batch, self._sgrpo_scores = None, None
+        self._sgrpo_batch, self._sgrpo_scores, self._sgrpo_exit_cache = None, None, None
         out = super()._generate_and_score_completions(inputs)
         if not self._serial_active():
             return out
         scores = self._sgrpo_scores
+        is_rows = self._is_row_stats(out)  # before the group dropping below changes out["tool_mask"]
         advantages = scores["advantages"].clone()
         n_local = out["advantages"].shape[0]
         rank = self.accelerator.process_index
@@ -457,7 +584,47 @@ class SGRPOTrainer(GRPOTrainer):
             logged.pop()
         logged.extend(flat.tolist())
         self._log_serial_metrics(scores, unsolved, dropped)
+        if is_rows is not None:
+            self._log_is_metrics(scores, is_rows, dropped)
+        self._log_exit_cache()
         return out
+
+    # ------------------------------------------------------------------- vLLM importance-sampling correction
+    def _is_row_stats(self, out):
+        """Per local row: share of loss tokens TRL's vLLM IS correction masked / clipped, and the mean IS weight.
+        None when the correction is off (or transformers generation): then nothing is logged."""
+        ratio = out.get("importance_sampling_ratio")
+        if ratio is None or not (self.use_vllm and getattr(self, "vllm_importance_sampling_correction", False)):
+            return None
+        mask = out["completion_mask"]
+        if out.get("tool_mask") is not None:
+            mask = mask * out["tool_mask"]
+        mode = self.vllm_importance_sampling_mode
+        share = is_affected_share(ratio, mask, mode, self.vllm_importance_sampling_clip_min,
+                                  self.vllm_importance_sampling_clip_max)
+        return torch.stack([share.float(), is_row_mean_ratio(ratio, mask)], dim=1)
+
+    def _log_is_metrics(self, scores, is_rows, dropped):
+        rows = self.accelerator.gather(is_rows)  # process-major, the order of scores["layout"]
+        lay = scores["layout"]
+        pos, n_think = lay[:, 2], lay[:, 3]
+        frac = torch.where(n_think > 0, pos / n_think.clamp(min=1), torch.zeros_like(pos))
+        kind = "masked" if self.vllm_importance_sampling_mode.endswith("mask") else "clipped"
+        stats = is_correction_stats(rows[:, 0], rows[:, 1], lay[:, 0].bool(), frac, scores["advantages"].flatten(),
+                                    self.num_generations, groups=~dropped, kind=kind,
+                                    sequence_level=self.vllm_importance_sampling_mode.startswith("sequence"))
+        metrics = self._metrics["train"]
+        for key, value in stats.items():
+            metrics[key].append(value)
+
+    def _log_exit_cache(self):
+        """sgrpo/exit_prompt_cached_frac: exit-prompt tokens served from vLLM's prefix cache (colocate only)."""
+        if self._sgrpo_exit_cache is None or not self.use_vllm or self.vllm_generation.mode != "colocate":
+            return
+        counts = torch.tensor(self._sgrpo_exit_cache, dtype=torch.float32, device=self.accelerator.device)
+        cached, total = self.accelerator.gather(counts).view(-1, 2).sum(dim=0).tolist()
+        if total > 0:
+            self._metrics["train"]["sgrpo/exit_prompt_cached_frac"].append(cached / total)
 
     def _log_serial_metrics(self, scores, unsolved, dropped):
         metrics = self._metrics["train"]
