@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--samples", default="", help="per-benchmark samples, name=n,... (overrides --num_samples for those)")
     a("--temperature", type=float, default=0.6)
     a("--top_p", type=float, default=0.95)
-    a("--top_k", type=int, default=0, help="0 = off")
+    a("--top_k", type=int, default=None,
+      help="0 = off; default: the model's own recommendation for its thinking mode (Qwen3: 20, Phi-4-reasoning: 50, "
+           "others off; recommended_top_k), recorded in the protocol")
     a("--max_tokens", type=int, default=32768, help="max generated tokens (the 'full' budget)")
     a("--answer_max_tokens", type=int, default=1024,
       help="max answer tokens after `</think>` under a thinking budget (S-GRPO does not give its value)")
@@ -113,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data_parallel_size", type=int, default=1,
       help="engines in parallel, each on tensor_parallel_size GPUs and a shard of the questions")
     a("--gpu_memory_utilization", type=float, default=0.9)
-    a("--max_model_len", type=int, help="vLLM context (default: prompt room + max tokens)")
+    a("--max_model_len", type=int,
+      help="vLLM context (default: the longest prompt + max tokens, + the exit text and answer_max_tokens when exits "
+           "are forced)")
     a("--enforce_eager", action="store_true", help="vLLM eager mode (CPU tests)")
     a("--regrade", action="store_true", help="grade the stored samples again; no model is loaded")
     a("--overwrite", action="store_true", help="discard samples already in --output_dir")
@@ -228,8 +232,18 @@ def validate(args: argparse.Namespace) -> None:
             resolve_benchmark(name)  # raises with the list of valid names
     args.benchmark_file_map = {resolve_benchmark(k).name: v for k, v in _pairs(args.benchmark_files, "benchmark_files").items()}
     args.sample_map = _sample_counts(args.samples)
+    if args.chat_template_kwargs.get("enable_thinking") is False and not args.no_require_thinking:
+        # Qwen3's non-thinking mode writes no thought: grade the whole completion instead of scoring everything 0
+        args.no_require_thinking = True
+        print("evaluate.py: enable_thinking is false: answers are graded without a thought (--no_require_thinking)",
+              file=sys.stderr, flush=True)
+    if args.regrade and args.top_k is None:
+        args.top_k = 0  # nothing is sampled: the stored protocol.json says what was
     if not args.regrade:
         check_inputs(args)
+        if args.top_k is None:
+            args.top_k, why = recommended_top_k(args.base_model or args.model, args.revision)
+            print(f"evaluate.py: top_k {args.top_k} ({why}; --top_k sets another)", file=sys.stderr, flush=True)
     if args.backend == "transformers" and args.tensor_parallel_size > 1:
         raise ValueError("--tensor_parallel_size > 1 needs --backend vllm")
     if args.output_dir is None:
@@ -237,6 +251,28 @@ def validate(args: argparse.Namespace) -> None:
     args.run_name = args.run_name or Path(args.output_dir).name
     if args.batch_size is None:
         args.batch_size = 2048 if args.backend == "vllm" else 16
+
+
+# The sampling each model's card recommends for its thinking mode; only top_k differs from the protocols' own values.
+MODEL_TOP_K = (("qwen3", 20, "Qwen3's card: temperature 0.6, top_p 0.95, top_k 20 in thinking mode"),
+               ("phi-4-reasoning", 50, "Phi-4-reasoning's card: temperature 0.8, top_k 50, top_p 0.95"))
+
+
+def recommended_top_k(model: str, revision: str | None = None) -> tuple[int, str]:
+    """(top_k, why) for a model: by its config's model_type (a fine-tuned Qwen3 checkpoint is still Qwen3) or its
+    name; 0 (off) for the rest, e.g. R1-Distill, whose card gives temperature and top_p only."""
+    from planning.architecture import find_config
+
+    base = model
+    adapter = Path(str(model)).expanduser() / "adapter_config.json"
+    if adapter.is_file():
+        base = json.loads(adapter.read_text()).get("base_model_name_or_path") or model
+    found = find_config(str(base), revision)
+    model_type = (found[0].get("model_type", "") if found else "").lower()
+    for key, k, why in MODEL_TOP_K:
+        if model_type == key or key in str(base).lower():
+            return k, why
+    return 0, f"no top_k recommendation known for {base}: off"
 
 
 def _sample_counts(value) -> dict[str, int]:
@@ -420,6 +456,40 @@ def main(argv: list[str] | None = None) -> dict:
     return write_run_summary(out_dir, args.run_name, summaries)
 
 
+def load_questions_or_explain(args, name: str):
+    """A benchmark's questions; a hub dataset that cannot be loaded (gated GPQA without accepted terms or a token,
+    offline, missing) is one InputError saying how to get it or give a local copy."""
+    key = bench_key(name)
+    try:
+        return load_benchmark(name, path=args.benchmark_file_map.get(key), limit=args.limit,
+                              choice_seed=args.choice_seed, question_column=args.question_column,
+                              answer_column=args.answer_column)
+    except ValueError:
+        raise
+    except Exception as err:  # datasets' ConnectionError, gated-repo and not-found errors
+        if is_local_source(name) or key in args.benchmark_file_map:
+            raise
+        spec = resolve_benchmark(name)
+        gated = " (a gated dataset: accept its terms on its hub page, then `huggingface-cli login`)" if \
+            spec.name == "gpqa_diamond" else ""
+        raise InputError(f"--benchmarks {name}: {spec.hub_name} could not be loaded{gated}: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}; or give a local copy with --benchmark_files "
+                         f"{spec.name}=<file>. Nothing was generated.") from None
+
+
+def context_needed(args, tokenizer, questions, protocol: Protocol) -> int:
+    """The longest prompt + the longest generation: max_tokens (or the largest budget), and the exit text and
+    answer_max_tokens when a thinking budget or an exit fraction forces an answer after the thought."""
+    from benchmarks.evaluation import build_prompt
+
+    longest = max((len(build_prompt(tokenizer, q.question, protocol.prompt_template, protocol.system_prompt,
+                                    protocol.chat_template_kwargs)[1]) for q in questions), default=0)
+    generated = max([args.max_tokens] + [b.value for b in args.budgets if b.value])
+    if args.exit_fraction_list or any(b.kind == "thinking" for b in args.budgets):
+        generated += len(tokenizer.encode(protocol.exit_text, add_special_tokens=False)) + args.answer_max_tokens
+    return longest + generated
+
+
 def generate(args, out_dir: Path, model_path: str, adapter: str | None, tokenizer_path: str,
              protocol: Protocol) -> dict[str, dict]:
     """Load the back-end once, then generate and grade every benchmark's missing samples."""
@@ -446,6 +516,10 @@ def generate(args, out_dir: Path, model_path: str, adapter: str | None, tokenize
           file=sys.stderr, flush=True)
     if end["warning"]:
         print(f"evaluate.py: warning: {end['warning']}", file=sys.stderr, flush=True)
+    # every benchmark is loaded before the model: a gated or missing dataset (GPQA) fails now, not after the others ran
+    questions = {name: load_questions_or_explain(args, name) for name in args.benchmark_list}
+    if args.max_model_len is None:
+        args.max_model_len = context_needed(args, tokenizer, [q for qs in questions.values() for q in qs], protocol)
     if args.backend == "vllm":
         from benchmarks.generation import VLLMBackend
 
@@ -464,10 +538,7 @@ def generate(args, out_dir: Path, model_path: str, adapter: str | None, tokenize
     gen_stats = {}
     for name in args.benchmark_list:
         key = bench_key(name)
-        questions = load_benchmark(name, path=args.benchmark_file_map.get(key), limit=args.limit,
-                                   choice_seed=args.choice_seed, question_column=args.question_column,
-                                   answer_column=args.answer_column)
-        stats = run_benchmark(backend, tokenizer, questions, key, args.budgets, samples_for(args, name), protocol,
+        stats = run_benchmark(backend, tokenizer, questions[name], key, args.budgets, samples_for(args, name), protocol,
                               out_dir / key, batch_size=args.batch_size, shard_index=args.shard_index,
                               num_shards=args.num_shards, progress=not args.no_progress, eos_ids=eos,
                               exit_fractions=args.exit_fraction_list)
