@@ -33,7 +33,7 @@ from benchmarks.generation import (
     generate_completions,
     sample_seed,
 )
-from benchmarks.grading import count_tokens, grade
+from benchmarks.scoring import count_tokens, grade
 from benchmarks.registry import Question
 
 DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."

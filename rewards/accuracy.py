@@ -12,7 +12,7 @@ answer free to hang a training step. Here:
   the boxed content, with `\\text{}`-like wrappers, parentheses, spaces, `$` and a final period removed, must be
   that same capital letter (so `\\boxed{C}`, `\\boxed{(C)}`, `\\boxed{\\text{C}}` match "C"; `\\boxed{c}` does not);
 - everything else goes to math-verify (LaTeX then plain-expression extraction on `\\boxed{<answer>}`), in a child
-  process with a hard time limit (grading.py);
+  process with a hard time limit (math_verify_worker.py);
 - cheap guards first: an answer longer than MAX_ANSWER_CHARS, nested deeper than MAX_BRACE_DEPTH, or holding an
   invisible character (see has_invisible_chars) is not sent to math-verify. A guarded or timed-out answer scores as wrong, adds to GUARD_COUNTS, logs a warning, and, when TRL
   passes `log_metric`, is reported per call as `rewards/<name>/guarded`.
@@ -24,7 +24,7 @@ import unicodedata
 from collections import Counter
 from functools import lru_cache
 
-from rewards.grading import grade
+from rewards.math_verify_worker import grade
 from rewards.parsing import brace_depth, completion_text, last_boxed, split_thinking
 
 logger = logging.getLogger(__name__)

@@ -27,18 +27,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from input_checks import (  # noqa: E402
-    RANGE_RULES,
-    InputError,
-    check_argparse_values,
-    check_data_source,
-    check_model_path,
-    load_yaml_mapping,
-    looks_like_path,
-    quiet_argument_parser,
-    run_cli,
-)
-
 from benchmarks.evaluation import (  # noqa: E402
     DEFAULT_TEMPLATE,
     Protocol,
@@ -54,6 +42,17 @@ from benchmarks.registry import (  # noqa: E402
     load_benchmark,
     read_local_rows,
     resolve_benchmark,
+)
+from checks.inputs import (  # noqa: E402
+    RANGE_RULES,
+    InputError,
+    check_argparse_values,
+    check_data_source,
+    check_model_path,
+    load_yaml_mapping,
+    looks_like_path,
+    quiet_argument_parser,
+    run_cli,
 )
 
 # Evaluation may sample greedily; every other range rule is the training one.

@@ -3,372 +3,38 @@
     accelerate launch --config_file accelerate_configs/zero3.yaml scripts/train.py --config recipes/qwen3-8b/sgrpo.yaml
     python scripts/train.py --config recipes/qwen3-8b/sgrpo.yaml --dry_run --accelerate_config accelerate_configs/zero3.yaml
 
-The recipe names the method; TrlParser maps the YAML onto (RecipeArguments, <method config>, ModelConfig) and any
-key that none of them knows is an error. Everything that can be checked without a model is checked first.
+The recipe names the method; TrlParser maps the YAML onto (RecipeArguments, <method config>, ModelConfig). Everything
+a recipe must satisfy is checked first, in one pass, by checks/recipe.py; this file loads the data and trains.
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import json
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
-from input_checks import (  # noqa: E402
-    InputError,
-    check_accelerate_config,
-    check_data_source,
-    check_json_file,
-    check_model_path,
-    check_values,
-    cli_values,
-    load_yaml_mapping,
-    quiet_parser_class,
-    run_cli,
+from checks.inputs import InputError, run_cli  # noqa: E402
+from checks.recipe import (  # noqa: E402,F401  (parse, validate, ... are used by tests and scripts through train)
+    METHODS,
+    Recipe,
+    RecipeArguments,
+    RecipeError,
+    batch_plan,
+    check_recipe,
+    load_recipe,
+    method_classes,
+    parse,
+    resource_plan,
+    validate,
 )
 
-DEFAULT_PROMPT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
-
-# method -> (module, config class, trainer class)
-METHODS = {
-    "grpo": ("trl", "GRPOConfig", "GRPOTrainer"),
-    "gfpo": ("trainers.gfpo", "GFPOConfig", "GFPOTrainer"),
-    "sgrpo": ("trainers.sgrpo", "SGRPOConfig", "SGRPOTrainer"),
-}
-
-
-@dataclass
-class RecipeArguments:
-    """The recipe's own keys: method, data, prompt and rewards. The rest belongs to the method config or ModelConfig."""
-
-    method: str = field(default="grpo", metadata={"help": f"Training method: one of {sorted(METHODS)}."})
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "Hub dataset name, or a local .jsonl/.json/.parquet/.csv file or folder."}
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    question_column: str = field(default="question", metadata={"help": "Column holding the question text."})
-    answer_column: str = field(default="answer", metadata={"help": "Column holding the gold final answer."})
-    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message."})
-    prompt_template: str = field(
-        default=DEFAULT_PROMPT_TEMPLATE,
-        metadata={"help": "User message; '{question}' is replaced by the question (the papers' evaluation prompt)."},
-    )
-    reward_funcs: list[str] = field(
-        default_factory=lambda: ["accuracy"],
-        metadata={"help": "Reward names from the rewards registry, or 'module:function'."},
-    )
-    reward_kwargs: dict = field(
-        default_factory=dict, metadata={"help": "Per-reward keyword arguments, e.g. {length_penalty: {alpha: 0.2}}."}
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows."})
-    dry_run: bool = field(
-        default=False, metadata={"help": "Validate the recipe and print the resolved plan without loading a model."}
-    )
-    accelerate_config: str | None = field(
-        default=None, metadata={"help": "Accelerate config whose num_processes the dry-run plan is computed for."}
-    )
-    num_processes: int | None = field(
-        default=None, metadata={"help": "Process count for the dry-run plan (overrides accelerate_config)."}
-    )
-    eos_token: str | None = field(
-        default=None,
-        metadata={"help": "The token that ends a completion, replacing the tokenizer's eos (e.g. '<|im_end|>'). Default: "
-                          "TRL's rule, the tokenizer's eos and every eos of the generation config; the run prints "
-                          "them with the chat template's end of turn and warns when they disagree."},
-    )
-    gpu_memory_gib: float = field(
-        default=80.0,
-        metadata={"help": "GPU memory (GiB) the dry run's memory plan is checked against: 80 for H100/A100 80GB, 141 "
-                          "for H200. A real launch reads it from the GPU."},
-    )
-    check_memory: bool = field(
-        default=True,
-        metadata={"help": "Refuse a recipe whose memory plan does not fit the GPU (planning/memory.py). false: print "
-                          "the plan's verdict as a warning and go on (the plan is an estimate, +-25%)."},
-    )
-
-
-class RecipeError(InputError):
-    """A recipe that cannot run; the message says what to change."""
-
-
-def load_recipe(path: str) -> dict:
-    """The recipe's mapping; a missing file, bad YAML or a key given twice is an InputError."""
-    return load_yaml_mapping(path, "--config")
-
-
-def method_classes(method: str, load_trainer: bool = True):
-    if method not in METHODS:
-        raise RecipeError(f"Unknown method {method!r}: set `method:` to one of {sorted(METHODS)}.")
-    module_name, config_name, trainer_name = METHODS[method]
-    module = importlib.import_module(module_name)
-    return getattr(module, config_name), (getattr(module, trainer_name) if load_trainer else None)
-
-
-def check_keys(recipe: dict, dataclass_types, source: str) -> None:
-    """Unknown keys are errors, with the closest known key as the suggested fix."""
-    known = {f.name for dc in dataclass_types for f in fields(dc)} | {"env"}
-    for key in recipe:
-        if source == "command line" and (key == "help" or key.removeprefix("no_") in known):
-            continue  # argparse's --help and HfArgumentParser's --no_<flag> for true-by-default flags
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" Did you mean `{close[0]}`?" if close else ""
-            raise RecipeError(f"{source}: unknown key `{key}`.{hint} Remove it or fix its name.")
-
-
-def num_processes_for(script_args: RecipeArguments) -> int:
-    """The process count: --num_processes, else the accelerate config's (which must exist and parse), else
-    WORLD_SIZE. The accelerate config is checked even when --num_processes overrides it."""
-    from_config = None
-    if script_args.accelerate_config:
-        from_config = check_accelerate_config(script_args.accelerate_config, "--accelerate_config")
-    if script_args.num_processes:
-        return script_args.num_processes
-    if from_config is not None:
-        return from_config
-    return int(os.environ.get("WORLD_SIZE", 1))
-
-
-def batch_plan(per_device: int, num_processes: int, grad_accum: int, num_generations: int,
-               steps_per_generation: int | None = None, generation_batch_size: int | None = None,
-               whole_groups_per_rank: bool = False) -> dict:
-    """The batch arithmetic of GRPOTrainer, computed for any process count, with errors that say what to change."""
-    global_step_batch = per_device * num_processes * grad_accum  # completions per optimizer step
-    if generation_batch_size is not None and steps_per_generation is not None:
-        raise RecipeError("Set only one of `generation_batch_size` and `steps_per_generation`.")
-    if generation_batch_size is not None:
-        if generation_batch_size % (per_device * num_processes):
-            raise RecipeError(
-                f"generation_batch_size ({generation_batch_size}) must be a multiple of per_device_train_batch_size x "
-                f"processes ({per_device} x {num_processes}); change one of them."
-            )
-        steps_per_generation = generation_batch_size // (per_device * num_processes)
-    steps_per_generation = steps_per_generation or grad_accum
-    generation_batch = per_device * num_processes * steps_per_generation
-    if generation_batch % num_generations:
-        raise RecipeError(
-            f"The generation batch per_device_train_batch_size x processes x steps_per_generation = {per_device} x "
-            f"{num_processes} x {steps_per_generation} = {generation_batch} is not a multiple of num_generations "
-            f"({num_generations}): the group of a question would be cut. Make it a multiple, e.g. "
-            f"per_device_train_batch_size={num_generations} or a gradient_accumulation_steps that fits."
-        )
-    per_rank = per_device * steps_per_generation
-    if whole_groups_per_rank and per_rank % num_generations:
-        raise RecipeError(
-            f"This method needs every process to hold whole groups: per_device_train_batch_size x steps_per_generation "
-            f"= {per_device} x {steps_per_generation} = {per_rank} must be a multiple of num_generations "
-            f"({num_generations})."
-        )
-    return {
-        "processes": num_processes,
-        "group_size_G": num_generations,
-        "completions_per_optimizer_step": global_step_batch,
-        "questions_per_optimizer_step": global_step_batch / num_generations,
-        "generation_batch_completions": generation_batch,
-        "questions_per_generation": generation_batch // num_generations,
-        "steps_per_generation": steps_per_generation,
-        "completions_per_process_per_generation": per_rank,
-        "groups_whole_on_each_process": per_rank % num_generations == 0,
-    }
-
-
-def parse(argv: list[str] | None = None):
-    """Parse `--config recipe.yaml [--key value ...]` into (script_args, method_args, model_args)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    recipe, source = {}, "command line"
-    cli = cli_values(argv)
-    for flag in ("config", "method"):
-        if flag in cli and not isinstance(cli[flag], str):
-            raise RecipeError(f"--{flag} needs one value, got {cli[flag]!r}.")
-    if "config" in cli:
-        source = cli.pop("config")
-        recipe = load_recipe(source)
-    method = cli.get("method", recipe.get("method", "grpo"))
-    if not isinstance(method, str):
-        raise RecipeError(f"{source}: `method` must be one of {sorted(METHODS)}, got {method!r}.")
-    from trl import ModelConfig  # after the recipe file's checks: importing trl takes seconds
-
-    config_cls, _ = method_classes(method, load_trainer=False)
-    types = (RecipeArguments, config_cls, ModelConfig)
-    check_keys(recipe, types, source)
-    check_keys(cli, types, "command line")
-    # types from the dataclass fields, ranges from input_checks.RANGE_RULES, before anything uses a value
-    check_values(recipe, types, source)
-    check_values(cli, types, "command line", from_text=True)
-    precheck_batch(recipe, config_cls, argv)
-    precheck_deepspeed(cli.get("deepspeed", recipe.get("deepspeed")))
-    if not _has_accelerator() and "use_cpu" not in recipe and "--use_cpu" not in argv:
-        # Without a GPU: TrainingArguments refuses bf16 unless use_cpu is set (a dry run on a login node must still
-        # validate a bf16 recipe), and accelerate forms a multi-process gloo group under torchrun only with it.
-        argv += ["--use_cpu", "true"]
-    from trl import TrlParser
-
-    parser = quiet_parser_class(TrlParser, "see `python scripts/train.py --help`", "command line: ")(types)
-    try:
-        script_args, method_args, model_args = parser.parse_args_and_config(argv)
-    except InputError:  # the quiet parser's own errors
-        raise
-    except ValueError as e:  # the config classes' own __post_init__ checks
-        forget_deepspeed_config()
-        raise RecipeError(f"{source}: {e}") from e
-    return script_args, method_args, model_args
-
-
-def precheck_deepspeed(value) -> None:
-    """A `deepspeed` config file must exist and parse before TrainingArguments sees it: its __post_init__ registers
-    the DeepSpeed config globally (transformers' weakref) before reading the file, so a failure there leaves a
-    half-built config that makes later models in the same process believe ZeRO-3 is on."""
-    if isinstance(value, str) and value.strip() and not value.lstrip().startswith("{"):
-        check_json_file(value, "`deepspeed`")
-
-
-def forget_deepspeed_config() -> None:
-    """Drop transformers' global DeepSpeed config if a failed TrainingArguments left one behind."""
-    if "transformers.integrations.deepspeed" in sys.modules:
-        sys.modules["transformers.integrations.deepspeed"].unset_hf_deepspeed_config()
-
-
-def _has_accelerator() -> bool:
-    import torch
-
-    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-
-
-def precheck_batch(recipe: dict, config_cls, argv: list[str]) -> None:
-    """Run the batch arithmetic on the recipe's values before the config classes see them, for a clearer error."""
-    defaults = {f.name: f.default for f in fields(config_cls)}
-
-    def value(key):
-        if f"--{key}" in argv:
-            return argv[argv.index(f"--{key}") + 1]
-        return recipe.get(key, defaults.get(key))
-
-    accel = value("accelerate_config") if "accelerate_config" in recipe or "--accelerate_config" in argv else None
-    procs = value("num_processes") if "num_processes" in recipe or "--num_processes" in argv else None
-    n = num_processes_for(RecipeArguments(accelerate_config=accel, num_processes=int(procs) if procs else None))
-    as_int = lambda v: None if v in (None, "None", "null") else int(v)  # noqa: E731
-    batch_plan(
-        per_device=int(value("per_device_train_batch_size")),
-        num_processes=n,
-        grad_accum=int(value("gradient_accumulation_steps")),
-        num_generations=int(value("num_generations")),
-        steps_per_generation=as_int(value("steps_per_generation")),
-        generation_batch_size=as_int(value("generation_batch_size")),
-        whole_groups_per_rank=getattr(config_cls, "requires_whole_groups_per_rank", False),
-    )
-
-
-def validate(script_args: RecipeArguments, method_args, model_args) -> tuple[dict, dict]:
-    """Everything that can be checked before a model loads. Returns the batch plan and check_files' sources."""
-    from rewards import validate_reward_names
-
-    if not script_args.dataset_name:
-        raise RecipeError("Set `dataset_name` to a hub dataset or a local .jsonl/.json/.parquet file.")
-    if not model_args.model_name_or_path:
-        raise RecipeError("Set `model_name_or_path` to a hub model id or a local checkpoint folder.")
-    if "{question}" not in script_args.prompt_template:
-        raise RecipeError("`prompt_template` must contain '{question}', where the question is inserted.")
-    fill_length_kwargs(script_args, method_args.max_completion_length)
-    try:
-        validate_reward_names(script_args.reward_funcs, script_args.reward_kwargs)
-    except ValueError as e:
-        raise RecipeError(str(e)) from e
-    weights = getattr(method_args, "reward_weights", None)
-    if weights is not None and len(weights) != len(script_args.reward_funcs):
-        raise RecipeError(
-            f"`reward_weights` has {len(weights)} entries but `reward_funcs` has {len(script_args.reward_funcs)}: "
-            "give one weight per reward function."
-        )
-    vllm_len = getattr(method_args, "vllm_max_model_length", None)
-    if vllm_len is not None and vllm_len <= method_args.max_completion_length:
-        raise RecipeError(
-            f"`vllm_max_model_length` ({vllm_len}) must hold the prompt and max_completion_length "
-            f"({method_args.max_completion_length}) tokens: raise it, or leave it unset."
-        )
-    if method_args.max_steps == -1 and method_args.num_train_epochs <= 0:
-        raise RecipeError("Nothing to train: set `max_steps` >= 1 or `num_train_epochs` > 0.")
-    plan = batch_plan(
-        per_device=method_args.per_device_train_batch_size,
-        num_processes=num_processes_for(script_args),
-        grad_accum=method_args.gradient_accumulation_steps,
-        num_generations=method_args.num_generations,
-        # GRPOConfig.__post_init__ filled both from one of them; recover which one the recipe meant.
-        steps_per_generation=method_args.steps_per_generation,
-        whole_groups_per_rank=getattr(method_args, "requires_whole_groups_per_rank", False),
-    )
-    resolve_checkpoint(method_args)  # a named checkpoint folder must exist, in the dry run too
-    return plan, check_files(script_args, model_args)  # files last: the recipe's own logic errors come first
-
-
-def resource_plan(script_args, method_args, model_args, batch: dict, dry_run: bool) -> dict | None:
-    """The memory, time and volume plan (planning/) for the GPUs the run is for: in a dry run `gpu_memory_gib` and
-    the accelerate config it names; at launch the GPU's own memory and the DeepSpeed settings `accelerate launch`
-    exported. None on a machine without a GPU at launch (the CPU tests), or when the model's config.json cannot be
-    read without a download."""
-    from planning import deepspeed_settings, plan_run
-
-    if dry_run:
-        gpu_gib = script_args.gpu_memory_gib
-        accel = load_yaml_mapping(script_args.accelerate_config, "--accelerate_config") \
-            if script_args.accelerate_config else None
-        launch = deepspeed_settings(accel, method_args.deepspeed, env={} if accel is not None else None)
-    else:
-        import torch
-
-        if not torch.cuda.is_available():
-            return None
-        gpu_gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
-        launch = deepspeed_settings(None, method_args.deepspeed)
-    return plan_run(script_args.method, method_args, model_args, batch, gpu_gib, launch)
-
-
-def check_plan(script_args, resources: dict | None) -> None:
-    """Print the plan's warnings; refuse a recipe that does not fit, with the plan's one-line fix."""
-    if resources is None:
-        return
-    for warning in resources["time_and_volume"]["warnings"]:
-        print(f"train.py: warning: {warning}", file=sys.stderr, flush=True)
-    memory = resources["memory"]
-    if memory["fits"]:
-        return
-    line = f"the memory plan does not fit a {memory['gpu_memory_gib']:.0f} GiB GPU: {memory['fix']}."
-    if not script_args.check_memory:
-        print(f"train.py: warning: {line} (check_memory: false, going on)", file=sys.stderr, flush=True)
-        return
-    raise RecipeError(f"{line} (The plan is an estimate: set check_memory: false to launch anyway.)")
-
-
-def check_files(script_args: RecipeArguments, model_args) -> dict:
-    """The model (local folder with a config, or a hub id) and the data (a local file that parses, is not empty and
-    has the named columns, or a hub dataset name), checked without loading weights (a DeepSpeed config file is
-    checked in parse). Returns {"model": ..., "dataset": ...}, sentences saying which source each will use."""
-    return {
-        "model": check_model_path(model_args.model_name_or_path, "model_name_or_path",
-                                  revision=model_args.model_revision),
-        "dataset": check_data_source(script_args.dataset_name, "dataset_name",
-                                     {"question_column": script_args.question_column,
-                                      "answer_column": script_args.answer_column}),
-    }
-
-
-def fill_length_kwargs(script_args: RecipeArguments, max_completion_length: int) -> None:
-    """Length-aware rewards default to the recipe's own completion limit, so the two cannot disagree."""
-    kwargs = script_args.reward_kwargs
-    if "cosine" in script_args.reward_funcs:
-        kwargs.setdefault("cosine", {}).setdefault("max_len", max_completion_length)
-    if "soft_overlong" in script_args.reward_funcs:
-        overlong = kwargs.setdefault("soft_overlong", {})
-        overlong.setdefault("max_completion_len", max_completion_length)
-        overlong.setdefault("soft_punish_cache", max(1, max_completion_length // 4))
+__all__ = ["InputError", "METHODS", "RecipeError", "batch_plan", "check_recipe", "load_recipe", "main", "parse",
+           "resource_plan", "validate"]
 
 
 def load_train_dataset(script_args: RecipeArguments):
@@ -392,70 +58,36 @@ def load_train_dataset(script_args: RecipeArguments):
     return dataset.map(to_prompt, remove_columns=["question"])
 
 
-def print_plan(script_args, method_args, model_args, plan: dict, files: dict, resources: dict | None) -> None:
+def print_plan(recipe: Recipe) -> None:
+    """The dry run's JSON: the resolved recipe, the batch plan, the memory, time and volume plan, and the tokens that
+    end a completion (when the tokenizer is at hand)."""
     keys = ["learning_rate", "max_steps", "num_train_epochs", "max_completion_length", "beta", "loss_type",
             "temperature", "use_vllm", "vllm_mode", "bf16", "gradient_checkpointing", "num_iterations"]
     from trl import GRPOConfig
 
+    script_args, method_args, model_args = recipe.script_args, recipe.method_args, recipe.model_args
     base = {f.name for f in fields(GRPOConfig)}
     extra = {f.name: getattr(method_args, f.name) for f in fields(method_args) if f.name not in base}
     out = {
         "method": script_args.method,
         "model": model_args.model_name_or_path,
-        "model_source": files["model"],
+        "model_source": recipe.files["model"],
         "lora": {"r": model_args.lora_r, "alpha": model_args.lora_alpha} if model_args.use_peft else None,
         "dataset": f"{script_args.dataset_name}[{script_args.dataset_train_split}]",
-        "dataset_source": files["dataset"],
+        "dataset_source": recipe.files["dataset"],
         "rewards": script_args.reward_funcs,
-        "batch": plan,
+        "batch": recipe.batch,
         "training": {k: getattr(method_args, k) for k in keys},
         f"{script_args.method}_options": extra,
         "output_dir": method_args.output_dir,
         "memory": {"available": False, "reason": (
             f"no config.json for {model_args.model_name_or_path} in a local folder, the hub cache or "
             "planning/model_configs/: download it (huggingface-cli download <id> config.json) to get the plan")},
-        **(resources or {}),
+        **(recipe.resources or {}),
     }
+    if recipe.completion_end is not None:
+        out["completion_end"] = {k: v for k, v in recipe.completion_end.items() if k != "chosen_ids"}
     print(json.dumps(out, indent=2, default=str))
-
-
-def check_tokenizer_early(script_args, method_args, model_args, local_only: bool = False):
-    """Tokenizer checks before the model loads, for every method: the think tags survive TRL's decoding, which tokens
-    end a completion (checks/tokenizer.py), then the method's own check (e.g. S-GRPO: `</think>` must be one token).
-    Returns (tokenizer, completion-end info), or None when `local_only` (the dry run) finds a hub tokenizer that is not
-    in the local cache: it is never fetched."""
-    from transformers import AutoTokenizer, GenerationConfig
-
-    from checks.tokenizer import THINK_END, THINK_START, check_think_tags, completion_end_tokens
-
-    _, trainer_cls = method_classes(script_args.method)
-    check_tokenizer = getattr(sys.modules[trainer_cls.__module__], "check_tokenizer", None)
-    path = os.path.expanduser(model_args.model_name_or_path)
-    cached_only = local_only and not os.path.isdir(path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=model_args.model_revision,
-                                                  local_files_only=cached_only)
-    except (OSError, ValueError):
-        if local_only:  # a hub tokenizer not in the cache: checked when the run starts
-            return None
-        raise
-    try:
-        generation_config = GenerationConfig.from_pretrained(path, revision=model_args.model_revision,
-                                                             local_files_only=cached_only)
-    except (OSError, ValueError):
-        generation_config = None
-    tags = (getattr(method_args, "think_start_token", THINK_START), getattr(method_args, "think_end_token", THINK_END))
-    try:
-        check_think_tags(tokenizer, tags)
-        end = completion_end_tokens(tokenizer, generation_config,
-                                    [script_args.eos_token] if script_args.eos_token else None)
-        if check_tokenizer is not None:
-            check_tokenizer(tokenizer, method_args)
-    except ValueError as e:
-        raise RecipeError(str(e)) from e
-    if end["warning"]:
-        print(f"train.py: warning: {end['warning']}", file=sys.stderr, flush=True)
-    return tokenizer, end
 
 
 def apply_eos_override(script_args, method_args, tokenizer):
@@ -471,40 +103,11 @@ def apply_eos_override(script_args, method_args, tokenizer):
     return tokenizer
 
 
-def resolve_checkpoint(method_args) -> str | None:
-    """`resume_from_checkpoint: true|last` resumes from the newest checkpoint in output_dir, if any."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    ckpt = method_args.resume_from_checkpoint
-    if ckpt in (None, False, "", "false", "False"):
-        return None
-    if ckpt in (True, "true", "True", "last"):
-        return get_last_checkpoint(method_args.output_dir) if os.path.isdir(method_args.output_dir) else None
-    if not os.path.isdir(os.path.expanduser(ckpt)):
-        raise RecipeError(f"resume_from_checkpoint={ckpt!r}: no such folder; give an existing checkpoint-N folder, "
-                          "or 'last' for the newest one in output_dir.")
-    if not os.path.isfile(os.path.join(os.path.expanduser(ckpt), "trainer_state.json")):
-        raise RecipeError(f"resume_from_checkpoint={ckpt!r} holds no trainer_state.json, so it is not a Trainer "
-                          "checkpoint; give a checkpoint-N folder inside a run's output_dir, or 'last'.")
-    return os.path.expanduser(ckpt)
-
-
 def main(argv: list[str] | None = None):
-    script_args, method_args, model_args = parse(argv)
-    plan, files = validate(script_args, method_args, model_args)
-    resources = resource_plan(script_args, method_args, model_args, plan, dry_run=script_args.dry_run)
-    if script_args.dry_run:
-        checked = check_tokenizer_early(script_args, method_args, model_args, local_only=True)
-        if checked is not None:
-            resources = {**(resources or {}), "completion_end": {k: v for k, v in checked[1].items() if k != "chosen_ids"}}
-        print_plan(script_args, method_args, model_args, plan, files, resources)
-        check_plan(script_args, resources)
+    recipe = check_recipe(argv, show=print_plan)  # every check, in one pass (checks/recipe.py)
+    if recipe.script_args.dry_run:
         return None
-    check_plan(script_args, resources)
-    # a hub id that cannot be fetched (HF_HUB_OFFLINE=1, not cached): say so before anything loads
-    check_model_path(model_args.model_name_or_path, "model_name_or_path", revision=model_args.model_revision,
-                     require_available=True)
-
+    script_args, method_args, model_args = recipe.script_args, recipe.method_args, recipe.model_args
     from trl import get_peft_config
 
     from rewards import build_reward_funcs
@@ -512,9 +115,7 @@ def main(argv: list[str] | None = None):
 
     _, trainer_cls = method_classes(script_args.method)
     trainer_cls = with_cost_accounting(trainer_cls)  # cost/sampled_tokens, cost/trained_tokens per step
-    checkpoint = resolve_checkpoint(method_args)
-    tokenizer, end = check_tokenizer_early(script_args, method_args, model_args)
-    processing_class = apply_eos_override(script_args, method_args, tokenizer)
+    processing_class = apply_eos_override(script_args, method_args, recipe.tokenizer)
     dataset = load_train_dataset(script_args)
     reward_funcs = build_reward_funcs(script_args.reward_funcs, script_args.reward_kwargs)
     init_kwargs = dict(method_args.model_init_kwargs or {})
@@ -530,7 +131,6 @@ def main(argv: list[str] | None = None):
         from trainers.vllm_cpu import keep_weights_reloadable
 
         keep_weights_reloadable()
-    trainer_cls_name = trainer_cls.__name__
     trainer = trainer_cls(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
@@ -541,13 +141,14 @@ def main(argv: list[str] | None = None):
     )
     if trainer.accelerator.is_main_process:
         ds = trainer.accelerator.state.deepspeed_plugin
-        print(f"[concise-rl] {trainer_cls_name}: processes={trainer.accelerator.num_processes} "
+        end = recipe.completion_end
+        print(f"[concise-rl] {trainer_cls.__name__}: processes={trainer.accelerator.num_processes} "
               f"distributed={trainer.accelerator.distributed_type.value} zero_stage={ds.zero_stage if ds else None} "
-              f"G={method_args.num_generations} rows={len(dataset)} resume={checkpoint}", flush=True)
+              f"G={method_args.num_generations} rows={len(dataset)} resume={recipe.checkpoint}", flush=True)
         print(f"[concise-rl] a completion ends at {end['chosen']} (tokenizer eos {end['tokenizer_eos']}, generation "
               f"config eos {end['generation_config_eos']}, chat template end of turn {end['template_end_of_turn']}; "
               f"TRL stops at {trainer.eos_token_ids})", flush=True)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.train(resume_from_checkpoint=recipe.checkpoint)
     trainer.save_model(method_args.output_dir)
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(method_args.output_dir)

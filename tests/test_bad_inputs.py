@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import train  # noqa: E402
-from input_checks import InputError, run_cli  # noqa: E402
+
+from checks.inputs import InputError, run_cli  # noqa: E402
 
 MODEL = str(ROOT / "synthetic" / "base")  # a shipped local checkpoint: a model path that exists, no fixture needed
 DATA = str(ROOT / "recipes" / "tiny" / "data.jsonl")

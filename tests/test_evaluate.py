@@ -15,7 +15,7 @@ from benchmarks.evaluation import (
     summarize_records,
 )
 from benchmarks.generation import EXIT_TEXT, Budget, GenOutput, generate_completions, sample_seed
-from benchmarks.grading import count_tokens, grade, normalize_choice
+from benchmarks.scoring import count_tokens, grade, normalize_choice
 from benchmarks.registry import gsm8k_gold, load_benchmark, load_questions
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ import pytest
 from rewards import GUARD_COUNTS, build_reward_funcs, extract_answer, is_correct, validate_reward_names
 from rewards.accuracy import AccuracyReward
 from rewards.format import FormatReward, has_valid_format
-from rewards.grading import GraderWorker
+from rewards.math_verify_worker import GraderWorker
 from rewards.length import CosineReward, LengthPenaltyReward, cosine_scaled_reward, kimi_length_rewards
 from rewards.parsing import completion_text, last_boxed
 

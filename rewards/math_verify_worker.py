@@ -3,7 +3,7 @@
 Why a child process: math-verify 0.9 bounds its own work with `signal.alarm` (math_verify/utils.py), which works
 only in the main thread, and a Python signal handler cannot interrupt a long C-level computation anyway (sympy
 evaluating `2^{2^{2^{100}}}` spends its time in big-integer arithmetic). So the parent sends each
-(prediction, gold) pair to one long-lived worker (`python -P rewards/grading.py`, speaking JSON lines on
+(prediction, gold) pair to one long-lived worker (`python -P rewards/math_verify_worker.py`, speaking JSON lines on
 stdin/stdout) and waits with `select` for at most `timeout` seconds; on expiry it kills the worker, scores the
 answer as a timeout, and starts a fresh worker on the next call. Inside the worker, which runs math-verify in its
 main thread, math-verify's own alarms are also on, so most slow cases end there without a kill and restart.
@@ -64,7 +64,7 @@ class GraderWorker:
         self._pid = os.getpid()
         if self._read_line(self._proc, STARTUP_TIMEOUT_S) != '"ready"':
             self.close()
-            raise RuntimeError("the math-verify grading worker (rewards/grading.py) failed to start")
+            raise RuntimeError("the math-verify grading worker (rewards/math_verify_worker.py) failed to start")
         return self._proc
 
     @staticmethod
