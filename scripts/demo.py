@@ -40,6 +40,7 @@ METHODS = {
     "sgrpo": "sgrpo.yaml",
     "sgrpo-2x8": "sgrpo_parallel.yaml",
     "grpo-cos": "grpo_cosine.yaml",
+    "grpo-lp": "grpo_length_penalty.yaml",  # the S-GRPO paper's "RL + length penalty" baseline
     "gfpo-token-eff-8/16-cos": "gfpo_token_efficiency_cosine.yaml",
     # S-GRPO's ablations (its Table 4): no decay, only the shortest correct exit rewarded, no serial group (= GRPO).
     "sgrpo-all-1": "sgrpo_all_one.yaml",
