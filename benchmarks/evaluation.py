@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from benchmarks.deer import DeerSettings, deer_exits
 from benchmarks.generation import (
     EXIT_TEXT,
     Backend,
@@ -33,8 +34,8 @@ from benchmarks.generation import (
     generate_completions,
     sample_seed,
 )
-from benchmarks.scoring import count_tokens, grade
 from benchmarks.registry import Question
+from benchmarks.scoring import count_tokens, grade
 
 DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
 # Protocol keys that change what a sample is: resuming with another value would mix two protocols.
@@ -58,6 +59,7 @@ class Protocol:
     chat_template_kwargs: dict = field(default_factory=dict)
     exit_text: str = EXIT_TEXT
     require_thinking: bool = True
+    deer: dict = field(default_factory=dict)  # DEER's settings (benchmarks/deer.py) when `--early_exit deer`
     choice_seed: int = 0
     revision: str | None = None
     adapter_base: str | None = None
@@ -113,6 +115,8 @@ def check_protocol(bench_dir: Path, protocol: dict) -> None:
     if path.exists():
         old = json.loads(path.read_text())
         diff = {k: (old.get(k), protocol.get(k)) for k in _GENERATION_KEYS if old.get(k) != protocol.get(k)}
+        if old.get("deer") and protocol.get("deer") and old["deer"] != protocol["deer"]:  # DEER added later is fine
+            diff["deer"] = (old["deer"], protocol["deer"])
         if diff:
             raise ValueError(f"{bench_dir} holds samples generated with other settings {diff}: "
                              "use another --output_dir (or --overwrite to discard them)")
@@ -154,7 +158,8 @@ def run_benchmark(backend: Backend, tokenizer, questions: list[Question], benchm
                   n_samples: int, protocol: Protocol, bench_dir: Path, batch_size: int = 16,
                   shard_index: int = 0, num_shards: int = 1, progress: bool = True,
                   stop_after: int | None = None, eos_ids: list[int] | None = None,
-                  exit_fractions: list[float] = ()) -> EvalStats:
+                  exit_fractions: list[float] = (), deer_thresholds: list[float] = (),
+                  deer: DeerSettings | None = None) -> EvalStats:
     """Generate and grade every missing (question, sample, budget) of this shard, appending to the JSONL.
 
     Work goes in chunks of `batch_size` samples, each chunk appended and fsynced before the next starts, so an
@@ -168,8 +173,10 @@ def run_benchmark(backend: Backend, tokenizer, questions: list[Question], benchm
 
     full = Budget("full")
     exit_budgets = [Budget("exit", f) for f in exit_fractions]
-    if exit_budgets and full not in budgets:
-        raise ValueError("exit fractions cut the full rollout: the full budget must be evaluated too")
+    deer_budgets = [Budget("deer", t) for t in deer_thresholds]
+    if (exit_budgets or deer_budgets) and full not in budgets:
+        raise ValueError("exit fractions and DEER cut the full rollout: the full budget must be evaluated too")
+    deer = deer or DeerSettings()
     check_protocol(bench_dir, {**asdict(protocol), "benchmark": benchmark})
     out_path = bench_dir / ("samples.jsonl" if num_shards == 1 else f"samples.shard{shard_index}.jsonl")
     existing = read_records(bench_dir)
@@ -186,7 +193,7 @@ def run_benchmark(backend: Backend, tokenizer, questions: list[Question], benchm
                                   protocol.chat_template_kwargs) for q in questions}
 
     def missing_exits(q: Question, i: int) -> list[Budget]:
-        return [b for b in exit_budgets if (q.id, i, b.key) not in done]
+        return [b for b in exit_budgets + deer_budgets if (q.id, i, b.key) not in done]
 
     # A full item stays pending while its exits are missing (it is then read back, not generated again).
     pending = [(budget, q, i) for budget in budgets for qi, q in enumerate(questions) if qi % num_shards == shard_index
@@ -210,11 +217,13 @@ def run_benchmark(backend: Backend, tokenizer, questions: list[Question], benchm
             for (q, i), seed, comp in zip(new, seeds, outs, strict=True):
                 records.append(_record(benchmark, q, i, budget, seed, prompts[q.id][0], comp, tokenizer,
                                        think_end_id, protocol.require_thinking))
-            if budget == full and exit_budgets:
+            if budget == full and (exit_budgets or deer_budgets):
                 t1 = time.perf_counter()
-                rollouts = {(r["question_id"], r["sample_index"]): r["completion_ids"] for r in records
-                            if r["budget"] == full.key}
-                todo = [(q, i, missing) for q, i in items if (missing := missing_exits(q, i))]
+                fulls = {(r["question_id"], r["sample_index"]): r for r in records if r["budget"] == full.key}
+                rollouts = {k: r["completion_ids"] for k, r in fulls.items()}
+                todo = [(q, i, [b for b in missing if b.kind == "exit"]) for q, i in items
+                        if (missing := missing_exits(q, i))]
+                todo = [t for t in todo if t[2]]
                 seeds = [sample_seed(protocol.seed, benchmark, q.id, i) for q, i, _ in todo]
                 exits = fraction_exits(
                     backend, [prompts[q.id][1] for q, _, _ in todo],
@@ -233,6 +242,26 @@ def run_benchmark(backend: Backend, tokenizer, questions: list[Question], benchm
                         stats.exits_generated += 1
                         stats.exit_prompt_tokens += len(prompts[q.id][1]) + cut + ex.completion.injected_len
                         stats.exit_cached_tokens += ex.completion.cached_tokens
+                deer_todo = [(q, i, bs) for q, i in items
+                             if (bs := [b for b in missing_exits(q, i) if b.kind == "deer"])]
+                if deer_todo:
+                    full_of = [fulls.get((q.id, i)) or stored_full[(q.id, i)] for q, i, _ in deer_todo]
+                    seeds = [sample_seed(protocol.seed, benchmark, q.id, i) for q, i, _ in deer_todo]
+                    rows = deer_exits(backend, tokenizer, [prompts[q.id][1] for q, _, _ in deer_todo],
+                                      [f["completion_ids"] for f in full_of], seeds, list(deer_thresholds), deer,
+                                      protocol.max_tokens, protocol.answer_max_tokens, eos_ids, think_end_id,
+                                      think_start_id, truncated=[bool(f["truncated"]) for f in full_of])
+                    for (q, i, bs), seed, row in zip(deer_todo, seeds, rows, strict=True):
+                        by_t = {res.threshold: res for res in row}
+                        for b in bs:
+                            res = by_t[b.value]
+                            cut = res.cut or 0
+                            rec = _record(benchmark, q, i, b, seed, prompts[q.id][0], res.completion, tokenizer,
+                                          think_end_id, protocol.require_thinking, tail_from=cut)
+                            records.append({**rec, "prefix_tokens": cut, "deer_threshold": res.threshold,
+                                            "deer_exit": res.exited, "deer_limit_exit": res.limit_exit,
+                                            "deer_trials": res.trials, "deer_trial_tokens": res.trial_tokens,
+                                            "deer_confidences": [round(c, 4) for c in res.confidences]})
                 stats.exit_seconds += time.perf_counter() - t1
         stats.seconds += time.perf_counter() - t0
         stats.generated += len(records)
@@ -313,6 +342,11 @@ def summarize_records(records: list[dict]) -> dict[str, dict[str, Any]]:
             "closed_thinking_rate": sum(bool(r["closed_thinking"]) for r in rows) / n,
             "answered_rate": sum(r["extracted"] is not None for r in rows) / n,
         }
+        if budget.kind == "deer":  # DEER's cost beside the thought: the trial answers it wrote, and how often it exited
+            out[key].update({"mean_trial_tokens": sum(r["deer_trial_tokens"] for r in rows) / n,
+                             "mean_trials": sum(r["deer_trials"] for r in rows) / n,
+                             "exit_rate": sum(bool(r["deer_exit"]) for r in rows) / n,
+                             "mean_tokens_with_trials": sum(r["num_tokens"] + r["deer_trial_tokens"] for r in rows) / n})
     return out
 
 

@@ -22,8 +22,8 @@ from typing import Protocol
 
 # S-GRPO (2505.07686) early-exit text, appended verbatim at the exit position.
 EXIT_TEXT = "Time is limited, stop thinking and start answering.\n</think>\n\n"
-_BUDGET_RE = re.compile(r"^(full|thinking=(\d+)|max_tokens=(\d+)|exit=(\d*\.?\d+))$")
-_BUDGET_ORDER = {"full": 0, "exit": 1, "thinking": 2, "max_tokens": 3}
+_BUDGET_RE = re.compile(r"^(full|thinking=(\d+)|max_tokens=(\d+)|exit=(\d*\.?\d+)|deer=(\d*\.?\d+))$")
+_BUDGET_ORDER = {"full": 0, "exit": 1, "deer": 2, "thinking": 3, "max_tokens": 4}
 
 
 @dataclass(frozen=True)
@@ -31,18 +31,20 @@ class GenOutput:
     ids: list[int]
     finished: bool  # stopped by eos or a stop token; False = hit the token limit
     cached_tokens: int = 0  # prompt tokens served from the back-end's prefix cache (vLLM; 0 elsewhere)
+    logprobs: list[float] | None = None  # with `logprobs=True`: the model's log-prob of each generated token
 
 
 class Backend(Protocol):
     def generate(self, prompts: list[list[int]], max_new_tokens: int, seeds: list[int],
-                 stop_token_ids: list[int]) -> list[GenOutput]: ...
+                 stop_token_ids: list[int], greedy: bool = False, logprobs: bool = False) -> list[GenOutput]: ...
 
 
 @dataclass(frozen=True)
 class Budget:
     """`full` (max_tokens of the protocol), `thinking=B` (forced exit after B thinking tokens),
-    `max_tokens=N` (plain generation budget: the completion is cut at N tokens) or `exit=F` (the overthinking
-    profile: the full rollout's own thought cut after a fraction F of its tokens, then a forced exit)."""
+    `max_tokens=N` (plain generation budget: the completion is cut at N tokens), `exit=F` (the overthinking
+    profile: the full rollout's own thought cut after a fraction F of its tokens, then a forced exit) or `deer=T`
+    (DEER's training-free early exit at confidence threshold T, benchmarks/deer.py)."""
 
     kind: str
     value: int | float | None = None
@@ -51,19 +53,21 @@ class Budget:
     def key(self) -> str:
         if self.kind == "full":
             return "full"
-        return f"exit={self.value:g}" if self.kind == "exit" else f"{self.kind}={self.value}"
+        return f"{self.kind}={self.value:g}" if self.kind in ("exit", "deer") else f"{self.kind}={self.value}"
 
     @classmethod
     def parse(cls, key: str) -> Budget:
         m = _BUDGET_RE.match(key)
         if not m:
-            raise ValueError(f"Bad budget {key!r}: use 'full', 'thinking=B', 'max_tokens=N' or 'exit=F'")
+            raise ValueError(f"Bad budget {key!r}: use 'full', 'thinking=B', 'max_tokens=N', 'exit=F' or 'deer=T'")
         if m.group(2):
             return cls("thinking", int(m.group(2)))
         if m.group(3):
             return cls("max_tokens", int(m.group(3)))
         if m.group(4):
             return cls("exit", float(m.group(4)))
+        if m.group(5):
+            return cls("deer", float(m.group(5)))
         return cls("full")
 
     @staticmethod
@@ -116,8 +120,9 @@ def generate_completions(backend: Backend, prompts: list[list[int]], seeds: list
     ids, and the answer is generated with at most `answer_max_tokens`. When the model closed its thinking
     within B, the answer is generated under the same answer limit (seed + 1, a new sampling stream).
     Exit fractions (`exit=F`) need the finished full rollout: `fraction_exits`."""
-    if budget.kind == "exit":
-        raise ValueError("exit=F cuts a finished full rollout: use fraction_exits on the full budget's completions")
+    if budget.kind in ("exit", "deer"):
+        raise ValueError(f"{budget.key} cuts a finished full rollout: use fraction_exits / deer.deer_exits on the "
+                         "full budget's completions")
     if budget.kind in ("full", "max_tokens"):
         limit = max_tokens if budget.kind == "full" else budget.value
         outs = backend.generate(prompts, limit, seeds, eos_ids)
@@ -231,7 +236,7 @@ class TransformersBackend:
         self.model, self.pad_token_id = model, pad_token_id
         self.temperature, self.top_p, self.top_k, self.batch_size = temperature, top_p, top_k, batch_size
 
-    def generate(self, prompts, max_new_tokens, seeds, stop_token_ids):
+    def generate(self, prompts, max_new_tokens, seeds, stop_token_ids, greedy=False, logprobs=False):
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
@@ -245,15 +250,21 @@ class TransformersBackend:
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
             config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=list(stop),
                                       pad_token_id=self.pad_token_id)
+            sample = self.temperature > 0 and not greedy
             processors = LogitsProcessorList(
-                [SeededSampler(chunk_seeds, self.temperature, self.top_p, self.top_k)] if self.temperature > 0 else []
+                [SeededSampler(chunk_seeds, self.temperature, self.top_p, self.top_k)] if sample else []
             )
             with torch.no_grad():
-                seqs = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
-                                           logits_processor=processors)
-            for row in seqs[:, width:].tolist():
+                out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
+                                          logits_processor=processors, return_dict_in_generate=True,
+                                          output_logits=logprobs)
+            seqs = out.sequences[:, width:]
+            # the model's own log-probs of the chosen tokens (raw logits, before sampling's processing)
+            lps = (torch.stack(out.logits, 1).float().log_softmax(-1).gather(-1, seqs[:, : len(out.logits)].unsqueeze(-1))
+                   .squeeze(-1).tolist() if logprobs else None)
+            for r, row in enumerate(seqs.tolist()):
                 ids, finished = _cut_at_stop(row, stop)
-                results.append(GenOutput(ids, finished))
+                results.append(GenOutput(ids, finished, logprobs=lps[r][: len(ids)] if lps is not None else None))
         return results
 
 
@@ -293,12 +304,15 @@ class VLLMBackend:
                        **_cpu_engine_args(model, revision, max_model_len))
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
 
-    def generate(self, prompts, max_new_tokens, seeds, stop_token_ids):
+    def generate(self, prompts, max_new_tokens, seeds, stop_token_ids, greedy=False, logprobs=False):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        extra = {"top_k": self.top_k} if self.top_k and self.top_k > 0 else {}
-        params = [SamplingParams(n=1, temperature=self.temperature, top_p=self.top_p, max_tokens=max_new_tokens,
+        extra = {"top_k": self.top_k} if self.top_k and self.top_k > 0 and not greedy else {}
+        if logprobs:
+            extra["logprobs"] = 0  # the sampled token's log-prob (the model's raw distribution)
+        params = [SamplingParams(n=1, temperature=0.0 if greedy else self.temperature,
+                                 top_p=1.0 if greedy else self.top_p, max_tokens=max_new_tokens,
                                  seed=int(s), stop_token_ids=list(stop_token_ids), detokenize=False, **extra)
                   for s in seeds]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
@@ -309,7 +323,11 @@ class VLLMBackend:
             # Keep the stop token in the ids (as transformers does) whatever the vLLM version does with it.
             if finished and isinstance(c.stop_reason, int) and (not ids or ids[-1] != c.stop_reason):
                 ids.append(c.stop_reason)
-            results.append(GenOutput(ids, finished, cached_tokens=int(getattr(out, "num_cached_tokens", 0) or 0)))
+            lps = None
+            if logprobs and c.logprobs is not None:
+                lps = [entry[t].logprob for entry, t in zip(c.logprobs, c.token_ids, strict=False)]
+            results.append(GenOutput(ids, finished, cached_tokens=int(getattr(out, "num_cached_tokens", 0) or 0),
+                                     logprobs=lps))
         return results
 
     def close(self) -> None:

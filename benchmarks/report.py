@@ -168,13 +168,15 @@ def budget_keys(runs: list[dict]) -> list[str]:
 
 
 def budget_table(run: dict, benchmarks: list[str]) -> str:
-    """One row per budget of a run: cells "accuracy / tokens", plus the forced-exit and truncation rates."""
+    """One row per budget of a run: cells "accuracy / tokens" (DEER's: "+ N trial", its trial answers' tokens)."""
     lines = _header(benchmarks, f"{run['run']}: budget")
     for key in budget_keys([run]):
         cells = []
         for b in benchmarks:
             c = cell(run, b, key)
-            cells.append("-" if c is None else f"{_fmt_acc(c['accuracy'])} / {_fmt_tokens(c['mean_tokens'])}")
+            # DEER rows: its trial answers' tokens after the completion's, "+ trial" (what DEER spent to decide)
+            trials = f" + {_fmt_tokens(c['mean_trial_tokens'])} trial" if c and "mean_trial_tokens" in c else ""
+            cells.append("-" if c is None else f"{_fmt_acc(c['accuracy'])} / {_fmt_tokens(c['mean_tokens'])}{trials}")
         ov = overall(run, benchmarks, key)
         cells.append(f"{_fmt_acc(ov[0], 2)} / {_fmt_tokens(ov[1])}" if ov else "-")
         lines.append(f"| {key} | " + " | ".join(cells) + " |")

@@ -107,6 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
       help="overthinking profile: comma list of F in (0, 1]; each full sample is also cut after round(F * n) of its "
            "own n thought tokens, the exit text injected and the answer forced (<= answer_max_tokens), and graded "
            "(records `exit=F`; docs/overthinking-profile.md)")
+    a("--early_exit", default="none", choices=["none", "deer"],
+      help="deer: DEER's training-free early exit (Yang et al., arXiv 2504.15895; benchmarks/deer.py), replayed on each "
+           "full sample: a trial answer at every transition marker, exit at the first above the threshold; its trial "
+           "tokens are counted (records `deer=T`)")
+    a("--deer_thresholds", default="0.95", help="comma list of confidence thresholds T (DEER's --threshold, 0.95); one "
+                                                "sweep shares the trials")
+    a("--deer_marker", default="Wait", help="transition marker (DEER's --points 1: 'Wait'; 0: 'Alternatively')")
+    a("--deer_inducer", default=None,
+      help="answer inducer appended at a transition (default DEER's answer_prompt_str, a newline, **Final Answer**, a "
+           "newline and \\boxed; its GPQA wording on gpqa_diamond)")
+    a("--deer_exit_text", default="\n</think>\n\n", help="text that closes the thought at an exit (DEER's)")
+    a("--deer_trial_tokens", type=int, default=20, help="trial answer token limit (DEER's prob_check_max_tokens)")
+    a("--deer_confidence", default="mean", choices=["mean", "geometric", "min"],
+      help="trial confidence from its token probabilities after the first (DEER's policy avg1 / avg2 / min)")
+    a("--deer_max_trials", type=int, default=10, help="trials per sample, then the thought runs on (max_judge_steps)")
+    a("--deer_think_ratio", type=float, default=0.9, help="a thought is closed at this share of max_tokens (think_ratio)")
     a("--backend", default="transformers", choices=["transformers", "vllm"])
     a("--dtype", default="auto", help="auto, bfloat16, float16, float32")
     a("--batch_size", type=int, help="samples per generate call and per resume chunk (16 transformers, 2048 vLLM)")
@@ -223,6 +239,13 @@ def validate(args: argparse.Namespace) -> None:
     args.exit_fraction_list = _fraction_list(args.exit_fractions, "exit_fractions")
     if args.exit_fraction_list and args.no_full:
         raise ValueError("--exit_fractions cut each full sample's own thought: drop --no_full")
+    args.deer_threshold_list = _fraction_list(args.deer_thresholds, "deer_thresholds") \
+        if args.early_exit == "deer" else []
+    if args.deer_threshold_list and args.no_full:
+        raise ValueError("--early_exit deer replays each full sample's own thought: drop --no_full")
+    for text in ("deer_exit_text", "deer_inducer"):  # on a command line, a backslash-n means a newline
+        if isinstance(getattr(args, text), str):
+            setattr(args, text, getattr(args, text).replace("\\n", "\n"))
     args.benchmark_list = [b.strip() for b in str(args.benchmarks).split(",") if b.strip()]
     if not args.benchmark_list and not args.regrade:
         raise ValueError("--benchmarks is empty: name at least one (gsm8k, math500, ...) or a local .jsonl file")
@@ -253,13 +276,15 @@ def validate(args: argparse.Namespace) -> None:
 
 
 # The sampling each model's card recommends for its thinking mode; only top_k differs from the protocols' own values.
-MODEL_TOP_K = (("qwen3", 20, "Qwen3's card: temperature 0.6, top_p 0.95, top_k 20 in thinking mode"),
-               ("phi-4-reasoning", 50, "Phi-4-reasoning's card: temperature 0.8, top_k 50, top_p 0.95"))
+# A family is known by its name or, for a fine-tuned checkpoint in a local folder, by its config: the model type and
+# the family's vocabulary size (the project's tiny and synthetic Qwen3s have their own small vocabularies).
+MODEL_TOP_K = (("qwen3", "qwen3", 151_936, 20, "Qwen3's card: temperature 0.6, top_p 0.95, top_k 20 in thinking mode"),
+               ("phi-4-reasoning", "phi3", 100_352, 50, "Phi-4-reasoning's card: temperature 0.8, top_k 50, top_p 0.95"))
 
 
 def recommended_top_k(model: str, revision: str | None = None) -> tuple[int, str]:
-    """(top_k, why) for a model: by its config's model_type (a fine-tuned Qwen3 checkpoint is still Qwen3) or its
-    name; 0 (off) for the rest, e.g. R1-Distill, whose card gives temperature and top_p only."""
+    """(top_k, why) for a model: by its name, or its config's model type and vocabulary size (a fine-tuned Qwen3
+    checkpoint is still Qwen3); 0 (off) for the rest, e.g. R1-Distill, whose card gives temperature and top_p only."""
     from planning.architecture import find_config
 
     base = model
@@ -267,9 +292,10 @@ def recommended_top_k(model: str, revision: str | None = None) -> tuple[int, str
     if adapter.is_file():
         base = json.loads(adapter.read_text()).get("base_model_name_or_path") or model
     found = find_config(str(base), revision)
-    model_type = (found[0].get("model_type", "") if found else "").lower()
-    for key, k, why in MODEL_TOP_K:
-        if model_type == key or key in str(base).lower():
+    config = found[0] if found else {}
+    hub_name = "" if Path(str(base)).expanduser().exists() else str(base).lower()  # a local folder: its config
+    for name, model_type, vocab, k, why in MODEL_TOP_K:
+        if name in hub_name or (config.get("model_type") == model_type and config.get("vocab_size") == vocab):
             return k, why
     return 0, f"no top_k recommendation known for {base}: off"
 
@@ -388,7 +414,17 @@ def protocol_of(args, model_path: str, adapter: str | None) -> Protocol:
                     chat_template_kwargs=args.chat_template_kwargs, exit_text=args.exit_text,
                     require_thinking=not args.no_require_thinking, choice_seed=args.choice_seed,
                     revision=args.revision, adapter_base=model_path if adapter else None, backend=args.backend,
-                    dtype=args.dtype)
+                    dtype=args.dtype, deer=asdict(deer_settings(args, None)) if args.deer_threshold_list else {})
+
+
+def deer_settings(args, benchmark: str | None):
+    """DEER's knobs from the flags; the inducer defaults to the paper's, and to its GPQA wording on gpqa_diamond."""
+    from benchmarks.deer import GPQA_INDUCER, PAPER_INDUCER, DeerSettings
+
+    inducer = args.deer_inducer or (GPQA_INDUCER if benchmark == "gpqa_diamond" else PAPER_INDUCER)
+    return DeerSettings(marker=args.deer_marker, inducer=inducer, exit_text=args.deer_exit_text,
+                        trial_tokens=args.deer_trial_tokens, confidence=args.deer_confidence,
+                        max_trials=args.deer_max_trials, think_ratio=args.deer_think_ratio)
 
 
 def print_summaries(summaries: dict[str, dict]) -> None:
@@ -401,7 +437,9 @@ def print_summaries(summaries: dict[str, dict]) -> None:
             print(f"{bench:<16}{key:<18}{100 * s['accuracy']:>10.1f}{se:<6}{s['mean_tokens']:>10.1f}"
                   f"{s['mean_thinking_tokens']:>9.1f}{s['mean_answer_tokens']:>8.1f}"
                   f"{s['truncated']:>6}/{s['n_samples']:<4}{s['forced_exits']:>8}"
-                  f"{(f'{tput:.2f}' if tput else '-'):>11}")
+                  f"{(f'{tput:.2f}' if tput else '-'):>11}"
+                  + (f"   DEER: {s['mean_trial_tokens']:.1f} trial tokens, {s['mean_trials']:.1f} trials, exits "
+                     f"{100 * s['exit_rate']:.0f}%" if "mean_trial_tokens" in s else ""))
     if any("exit_profile" in summary for summary in summaries.values()):
         from benchmarks.report import earliest_exit_table, profile_table
 
@@ -540,7 +578,8 @@ def generate(args, out_dir: Path, model_path: str, adapter: str | None, tokenize
         stats = run_benchmark(backend, tokenizer, questions[name], key, args.budgets, samples_for(args, name), protocol,
                               out_dir / key, batch_size=args.batch_size, shard_index=args.shard_index,
                               num_shards=args.num_shards, progress=not args.no_progress, eos_ids=eos,
-                              exit_fractions=args.exit_fraction_list)
+                              exit_fractions=args.exit_fraction_list, deer_thresholds=args.deer_threshold_list,
+                              deer=deer_settings(args, key))
         gen_stats[key] = {"samples_generated": stats.generated, "generation_seconds": round(stats.seconds, 3),
                           "samples_per_second": stats.samples_per_second, "backend": args.backend,
                           "batch_size": args.batch_size, "hardware": hardware()}

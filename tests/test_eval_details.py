@@ -1,8 +1,13 @@
 """scripts/evaluate.py details a real run meets: top_k from the model's card, Qwen3's non-thinking mode, the vLLM
 context from the prompts, every benchmark loaded (a gated one refused) before the model, and the eos header."""
 
+import shutil
+from pathlib import Path
+
 import pytest
 from test_evaluate import FIX, fixture_files, load_script
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("model, top_k", [
@@ -13,12 +18,15 @@ def test_top_k_follows_the_model_card(model, top_k):
     assert k == top_k and why
 
 
-def test_top_k_default_is_resolved_and_explicit_wins(tiny_model_path, capsys):
+def test_top_k_default_is_resolved_and_explicit_wins(tiny_model_path, tmp_path, capsys):
     parse_args = load_script("evaluate").parse_args
-    args = parse_args(["--model", str(tiny_model_path)])
-    assert args.top_k == 20  # the tiny model is a Qwen3 (model_type qwen3)
-    assert "top_k 20 (Qwen3's card" in capsys.readouterr().err
-    assert parse_args(["--model", str(tiny_model_path), "--top_k", "0"]).top_k == 0
+    assert parse_args(["--model", str(tiny_model_path)]).top_k == 0  # a Qwen3 class, not Qwen3's vocabulary
+    assert "no top_k recommendation known" in capsys.readouterr().err
+    qwen3 = tmp_path / "my-finetune"  # a fine-tuned Qwen3 in a local folder: Qwen3's config
+    qwen3.mkdir()
+    shutil.copy(ROOT / "planning/model_configs/Qwen/Qwen3-8B/config.json", qwen3 / "config.json")
+    assert load_script("evaluate").recommended_top_k(str(qwen3))[0] == 20
+    assert parse_args(["--model", str(tiny_model_path), "--top_k", "5"]).top_k == 5
 
 
 def test_non_thinking_mode_grades_without_a_thought(tiny_model_path):
