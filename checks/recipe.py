@@ -281,6 +281,7 @@ def validate(script_args: RecipeArguments, method_args, model_args) -> tuple[dic
     if "{question}" not in script_args.prompt_template:
         raise RecipeError("`prompt_template` must contain '{question}', where the question is inserted.")
     fill_length_kwargs(script_args, method_args.max_completion_length)
+    check_non_thinking(script_args, method_args)
     try:
         validate_reward_names(script_args.reward_funcs, script_args.reward_kwargs)
     except ValueError as e:
@@ -361,6 +362,29 @@ def check_files(script_args: RecipeArguments, model_args) -> dict:
                                      {"question_column": script_args.question_column,
                                       "answer_column": script_args.answer_column}),
     }
+
+
+def check_non_thinking(script_args: RecipeArguments, method_args) -> None:
+    """Qwen3's non-thinking mode (`chat_template_kwargs: {enable_thinking: false}`) closes the thought in the prompt:
+    completions hold no `</think>`. S-GRPO has no thought to cut there, so it is refused; the answer rewards grade
+    the whole completion instead of scoring everything 0 (`require_thinking: false`, unless the recipe says)."""
+    kwargs = method_args.chat_template_kwargs or {}
+    if isinstance(kwargs, str):
+        import json
+
+        try:
+            kwargs = json.loads(kwargs)
+        except json.JSONDecodeError as err:
+            raise RecipeError(f"`chat_template_kwargs` must be a JSON object: {err}") from None
+    if not isinstance(kwargs, dict) or kwargs.get("enable_thinking") is not False:
+        return
+    if script_args.method == "sgrpo" and getattr(method_args, "serial", False):
+        raise RecipeError("S-GRPO cuts the model's thought, and `chat_template_kwargs: {enable_thinking: false}` closes "
+                          "the thought in the prompt (the completions hold no `</think>`): remove enable_thinking: "
+                          "false, or train GRPO / GFPO in non-thinking mode.")
+    for name in ("accuracy", "length_penalty"):
+        if name in script_args.reward_funcs:
+            script_args.reward_kwargs.setdefault(name, {}).setdefault("require_thinking", False)
 
 
 def fill_length_kwargs(script_args: RecipeArguments, max_completion_length: int) -> None:

@@ -15,8 +15,8 @@ from benchmarks.evaluation import (
     summarize_records,
 )
 from benchmarks.generation import EXIT_TEXT, Budget, GenOutput, generate_completions, sample_seed
-from benchmarks.scoring import count_tokens, grade, normalize_choice
 from benchmarks.registry import gsm8k_gold, load_benchmark, load_questions
+from benchmarks.scoring import count_tokens, grade, normalize_choice
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures" / "benchmarks"

@@ -228,3 +228,18 @@ def test_lora_adapter_counts():
     every = load_architecture("Qwen/Qwen3-8B", lora_r=64, lora_target_modules="all-linear").lora_parameters
     per_layer = (4096 + 4096) + 2 * (4096 + 1024) + (4096 + 4096) + 2 * (4096 + 12288) + (12288 + 4096)
     assert every == 36 * 64 * per_layer
+
+
+def test_non_thinking_mode_grades_whole_completions_and_refuses_sgrpo(tmp_path, capsys):
+    recipe = yaml.safe_load((ROOT / "recipes/qwen3-8b/grpo.yaml").read_text())
+    recipe["chat_template_kwargs"] = {"enable_thinking": False}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    script_args, method_args, model_args = train.parse(["--config", str(path), "--accelerate_config", ZERO3])
+    train.validate(script_args, method_args, model_args)
+    assert script_args.reward_kwargs["accuracy"]["require_thinking"] is False
+    recipe = yaml.safe_load((ROOT / "recipes/qwen3-8b/sgrpo.yaml").read_text())
+    recipe["chat_template_kwargs"] = {"enable_thinking": False}
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(train.RecipeError, match="S-GRPO cuts the model's thought"):
+        train.main(["--config", str(path), "--dry_run", "--accelerate_config", ZERO3])

@@ -8,9 +8,9 @@ from test_evaluate import FIX, ScriptedBackend, fixture_files, load_script, tiny
 
 from benchmarks.evaluation import Protocol, exit_profile, read_records, record_key, regrade_records, run_benchmark
 from benchmarks.generation import EXIT_TEXT, Budget, fraction_cut, fraction_exits, generate_completions, sample_seed
-from benchmarks.scoring import count_tokens
 from benchmarks.registry import load_benchmark
 from benchmarks.report import earliest_exit_table, overall_profile, profile_table
+from benchmarks.scoring import count_tokens
 
 FRACTIONS = [0.1, 0.25, 0.5, 0.9, 1.0]
 

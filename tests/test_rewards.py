@@ -11,8 +11,8 @@ import pytest
 from rewards import GUARD_COUNTS, build_reward_funcs, extract_answer, is_correct, validate_reward_names
 from rewards.accuracy import AccuracyReward
 from rewards.format import FormatReward, has_valid_format
-from rewards.math_verify_worker import GraderWorker
 from rewards.length import CosineReward, LengthPenaltyReward, cosine_scaled_reward, kimi_length_rewards
+from rewards.math_verify_worker import GraderWorker
 from rewards.parsing import completion_text, last_boxed
 
 THINK = "Let me add 40 and 2. That gives 42."

@@ -178,6 +178,10 @@ def test_layout_through_train(layout, method, layout_models, tmp_path, capfd, mo
         recipe["chat_template_kwargs"] = spec["kwargs"]
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, allow_unicode=True))
+    if layout == "qwen3_nothink" and method == "sgrpo":  # no thought to cut: refused before anything loads
+        with pytest.raises(train.RecipeError, match="S-GRPO cuts the model's thought"):
+            train.main(["--config", str(path)])
+        return
     trainer = train.main(["--config", str(path)])
     assert trainer.state.global_step == 1
     out_text, err_text = capfd.readouterr()
