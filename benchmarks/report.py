@@ -351,6 +351,39 @@ def plot_budget_curves(runs: list[dict], benchmarks: list[str], path: str | Path
     return Path(path)
 
 
+def deer_points(run: dict, bench: str) -> list[tuple[str, float, float]]:
+    """(label, tokens including DEER's trial tokens, pass@1) of a run's full budget and each DEER threshold."""
+    budgets = run.get("benchmarks", {}).get(bench, {}).get("budgets", {})
+    pts = [("full", budgets["full"]["mean_tokens"], budgets["full"]["accuracy"])] if "full" in budgets else []
+    for key in sorted((k for k in budgets if Budget.parse(k).kind == "deer"), key=Budget.order):
+        c = budgets[key]
+        pts.append((key.split("=", 1)[1], c["mean_tokens"] + c.get("mean_trial_tokens", 0.0), c["accuracy"]))
+    return pts
+
+
+def plot_deer_tradeoff(runs: list[dict], benchmarks: list[str], path: str | Path) -> Path:
+    """One panel per benchmark: pass@1 against tokens (DEER's trial tokens included) for the full thought and each
+    DEER threshold, a line per run, each point labelled with its threshold."""
+    fig, axes = _grid(len(benchmarks))
+    for ax, b in zip(axes, benchmarks, strict=True):
+        for i, run in enumerate(runs):
+            pts = sorted(deer_points(run, b), key=lambda p: p[1])  # a line from the shortest to the longest
+            if not pts:
+                continue
+            ax.plot([p[1] for p in pts], [100 * p[2] for p in pts], "o-", color=f"C{i}", label=run["run"])
+            for label, x, y in pts:
+                ax.annotate(label, (x, 100 * y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_title(display_name(b))
+        _style_axis(ax, "mean tokens per sample (+ DEER's trial tokens)")
+    fig.suptitle("DEER: accuracy vs tokens over thresholds")
+    _legend_below(fig, axes)
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_exit_profile(runs: list[dict], benchmarks: list[str], path: str | Path) -> Path:
     """One panel per benchmark (and overall): pass@1 of the forced answers against the fraction of the sample's
     own thought kept, a curve per run; the run's full answer is the hollow marker at 1 (dotted to the curve)."""

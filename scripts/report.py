@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.generation import Budget  # noqa: E402
 from benchmarks.registry import resolve_benchmark  # noqa: E402
 from benchmarks.report import (  # noqa: E402
     benchmark_order,
@@ -31,6 +32,7 @@ from benchmarks.report import (  # noqa: E402
     main_table,
     plot_accuracy_vs_tokens,
     plot_budget_curves,
+    plot_deer_tradeoff,
     plot_exit_profile,
     profile_fractions,
     profile_table,
@@ -86,8 +88,16 @@ def build_report(args) -> str:
         parts += ["", "## Budgets", ""]
         for run in budget_runs:
             parts += [budget_table(run, benchmarks), ""]
-        plot_budget_curves(budget_runs, benchmarks, out / "budget_curves.png")
-        parts += ["![accuracy vs budget](budget_curves.png)"]
+        curve_runs = [r for r in budget_runs if any(Budget.parse(k).kind in ("thinking", "max_tokens")
+                                                    for k in budget_keys([r]))]
+        if curve_runs:
+            plot_budget_curves(curve_runs, benchmarks, out / "budget_curves.png")
+            parts += ["![accuracy vs budget](budget_curves.png)"]
+        deer_runs = [r for r in budget_runs if any(Budget.parse(k).kind == "deer" for k in budget_keys([r]))]
+        if deer_runs:
+            plot_deer_tradeoff(deer_runs, benchmarks, out / "deer_tradeoff.png")
+            parts += ["", "DEER rows: \"+ N trial\" are the tokens of the trial answers it wrote to decide.", "",
+                      "![DEER: accuracy vs tokens](deer_tradeoff.png)"]
     profile_runs = [r for r in runs if profile_fractions([r], benchmarks)]
     if profile_runs:
         parts += ["", "## Overthinking profile", "",

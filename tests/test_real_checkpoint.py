@@ -12,7 +12,6 @@ which turns a missing package into a failure.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import build_real_checkpoint as brc  # noqa: E402
 import train  # noqa: E402
+from capture import capture, rows  # noqa: E402
 
 DATA = ROOT / "recipes" / "tiny" / "data.jsonl"
 LOCAL_BENCH = ROOT / "tests" / "fixtures" / "benchmarks" / "local.jsonl"
@@ -69,26 +69,6 @@ def tok(real_checkpoint):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(real_checkpoint)
-
-
-def capture(monkeypatch, cls) -> list[dict]:
-    """Record every training output dict of `_generate_and_score_completions` (before TRL shuffles it)."""
-    captured: list[dict] = []
-    original = cls._generate_and_score_completions
-
-    def wrapped(self, inputs):
-        out = original(self, inputs)
-        if self.model.training:
-            captured.append({k: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in out.items()})
-        return out
-
-    monkeypatch.setattr(cls, "_generate_and_score_completions", wrapped)
-    return captured
-
-
-def rows(out: dict, key: str = "completion") -> list[list[int]]:
-    ids, mask = out[f"{key}_ids"], out[f"{key}_mask"]
-    return [ids[i][mask[i].bool()].tolist() for i in range(ids.size(0))]
 
 
 def run_train(tmp_path, model, recipe: str, *extra):
@@ -289,13 +269,9 @@ def test_sgrpo_step_vllm_colocate(real_checkpoint, tok, tmp_path, capfd, monkeyp
 
 # ------------------------------------------------------------------------------------------------ evaluation
 def load_evaluate():
-    name = "_script_evaluate"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "evaluate.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    from test_evaluate import load_script
+
+    return load_script("evaluate")
 
 
 def check_eval_records(records, tok, budget_b: int):

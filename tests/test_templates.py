@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import train  # noqa: E402
+from capture import capture, rows  # noqa: E402
 
 DATA = ROOT / "recipes" / "tiny" / "data.jsonl"
 EXIT_TEXT = "Time is limited, stop thinking and start answering.\n</think>\n\n"
@@ -125,25 +126,6 @@ def generation_bias(tok, spec) -> dict:
     if spec["prompt_end"].rstrip().endswith("<think>") or spec["opens_think"]:
         bias.append([[ids["end"]], 3.0])
     return {"sequence_bias": bias} if bias else {}
-
-
-def capture(monkeypatch, cls) -> list[dict]:
-    captured: list[dict] = []
-    original = cls._generate_and_score_completions
-
-    def wrapped(self, inputs):
-        out = original(self, inputs)
-        if self.model.training:
-            captured.append({k: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in out.items()})
-        return out
-
-    monkeypatch.setattr(cls, "_generate_and_score_completions", wrapped)
-    return captured
-
-
-def rows(out: dict, key: str = "completion") -> list[list[int]]:
-    ids, mask = out[f"{key}_ids"], out[f"{key}_mask"]
-    return [ids[i][mask[i].bool()].tolist() for i in range(ids.size(0))]
 
 
 METHODS = {"grpo": ("grpo.yaml", "trl", "GRPOTrainer"), "gfpo": ("gfpo-shortest.yaml", "trainers.gfpo", "GFPOTrainer"),
