@@ -34,17 +34,46 @@ generated and scored on one rank. The rewards are still computed from TRL's gath
 Full rollouts that never close `</think>` (cut by `max_completion_length`): the exits are drawn over the thinking
 that was generated, and the full path is scored incorrect (it has no answer), whatever the reward functions say.
 
+Packed scoring (`pack_serial_groups`, issue 20; trainers/packing.py): an exit member `O_0[:P_i] + exit text + C_i`
+repeats a prefix of its full rollout, so the policy, old-policy and reference log-prob passes score each serial path
+as one packed sequence (`prompt + O_0`, then per exit a copy of the last shared token + exit text + C_i) under a
+prefix-sharing attention mask, and scatter the per-token log-probs / entropies back to TRL's member rows:
+6. `_generate_and_score_completions` (wrapped) adds a per-row descriptor (`sgrpo_pack`: path, is_full, cut, row) that
+   travels with the rows through TRL's shuffle and split.
+7. `_prepare_inputs` (wrapped) re-splits TRL's shuffled generation batch so each serial path's members are consecutive
+   in position order (paths in the shuffle's order): with `per_device_train_batch_size` a multiple of m + 1, every
+   micro-batch holds whole serial groups; otherwise a micro-batch packs the members of each path it holds (exact, with
+   less sharing; logged once).
+8. `_get_per_token_logps_and_entropies` (wrapped, same signature and returns) calls the model itself on the packed
+   sequences (explicit position ids = the unpacked rows', a 4D mask for SDPA / eager or a FlexAttention BlockMask,
+   pre-shifted labels for TRL's fused LM head) whenever the rows carry a descriptor; anything else goes to TRL's.
+   It runs as many forwards as TRL's (one per `batch_size` chunk), so ZeRO-3 ranks stay in step.
+9. `_compute_loss` (wrapped) hands the micro-batch's descriptor to the hook, and reports the packed token count to
+   `cost/trained_tokens` (trainers/cost.py). TRL's loss, clipping, advantages and normalisation run unchanged.
+A run that cannot pack (flash attention, an unverified model type, sliding windows, MoE aux loss, context / sequence
+parallel) logs the reason once and scores unpacked rows.
+
 `serial: false` switches all of this off: the trainer is TRL's GRPO (the paper's "w/o serial group" ablation).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
+from trainers.packing import (
+    block_mask,
+    dense_mask,
+    member_descriptor,
+    packing_unsupported_reason,
+    plan_serial_packing,
+    regroup_micro_batches,
+    scatter_to_rows,
+)
 from trainers.serial_group import (  # re-exported: `from trainers.sgrpo import decaying_rewards`
     DEFAULT_EXIT_TEXT,
     SGRPO_REWARDS,
@@ -94,6 +123,9 @@ WRAPPED_TRL_HOOKS = (
     "_generate",
     "_calculate_rewards",
     "_generate_and_score_completions",
+    "_get_per_token_logps_and_entropies",  # packed scoring (pack_serial_groups)
+    "_compute_loss",  # hands the micro-batch's packing descriptor to the hook above
+    "_prepare_inputs",  # keeps serial paths together in micro-batches (after TRL's shuffle)
 )
 # Private attributes of GRPOTrainer read or temporarily changed here.
 WRAPPED_TRL_ATTRIBUTES = (
@@ -112,9 +144,14 @@ WRAPPED_TRL_ATTRIBUTES = (
     "vllm_importance_sampling_mode",
     "vllm_importance_sampling_clip_min",
     "vllm_importance_sampling_clip_max",
+    "_buffered_inputs",  # the micro-batches TRL split a generation batch into (re-split by `_prepare_inputs`)
+    "_step",
+    "aux_loss_enabled",  # MoE router loss: packing falls back
+    "ref_model",
 )
 # Keys of `_generate_and_score_completions`' output dict read or rewritten here.
 REQUIRED_OUTPUT_KEYS = ("completion_ids", "completion_mask", "advantages", "num_items_in_batch")
+PACK_KEY = "sgrpo_pack"  # per-row packing descriptor added to the output dict when packing is on
 OPTIONAL_OUTPUT_KEYS = (
     "tool_mask",  # created when S-GRPO masks tokens and TRL did not
     "importance_sampling_ratio",  # read (vLLM IS correction on) for the sgrpo/is_* metrics
@@ -188,6 +225,19 @@ class SGRPOConfig(GRPOConfig):
                           "are masked out of the loss and, with loss_type 'grpo', the kept sequences' advantages are "
                           "scaled by N_total/N_kept so the gradient equals the mean over kept groups. Counted in "
                           "`sgrpo/frac_groups_dropped`."},
+    )
+    pack_serial_groups: bool = field(
+        default=True,
+        metadata={"help": "Score each serial path as one packed sequence (prompt + O_0, then each exit's copy of its "
+                          "last shared token + exit text + C_i) under a prefix-sharing attention mask, for the "
+                          "policy, old-policy and reference passes (issue 20). An exit member O_0[:P_i] + exit text + "
+                          "C_i repeats a prefix of the full rollout whose log-probs are the same in every member (same "
+                          "context, token and position): unpacked rows cost about (m/2 + 1) n + m (e + a) tokens for "
+                          "a thought of n tokens, packed n + m (1 + e + a). Exact: the log-probs are scattered back to "
+                          "the member rows and TRL's loss is unchanged. Whole serial groups share most when "
+                          "per_device_train_batch_size is a multiple of num_exits + 1. Falls back to unpacked rows, "
+                          "with the reason logged once, where the attention cannot take the mask (flash attention, "
+                          "sliding windows, unverified model types, MoE aux loss, context/sequence parallel)."},
     )
     think_start_token: str = field(
         default="<think>", metadata={"help": "Opening tag; skipped when a completion starts with it (Qwen3)."}
@@ -279,6 +329,7 @@ def check_tokenizer(tokenizer, args: SGRPOConfig) -> tuple[list[int], int, int |
 
 
 _MISSING = object()
+logger = logging.getLogger(__name__)
 
 
 class _AwakeHold:
@@ -324,10 +375,50 @@ class SGRPOTrainer(GRPOTrainer):
                 raise ValueError("S-GRPO builds its own serial groups; tools, rollout_func and environment_factory "
                                  "are not supported with serial: true.")
             self._exit_ids, self._think_end_id, self._think_start_id = check_tokenizer(self._tokenizer, self.args)
+        # Packed scoring (pack_serial_groups): decided once from the configuration, the same on every rank.
+        self._sgrpo_pack_rows: torch.Tensor | None = None  # descriptor of the rows the log-prob hook scores now
+        self._sgrpo_scoring = False  # inside `_generate_and_score_completions` (old / reference passes)
+        self._sgrpo_pack_counts: list[int] | None = None  # [packed tokens, row tokens] of the loss pass
+        self.sgrpo_pack_reason: str | None = None
+        self.sgrpo_packing = bool(self.args.serial and self.args.pack_serial_groups)
+        if self.sgrpo_packing:
+            self.sgrpo_pack_reason = self._packing_unsupported_reason()
+            self.sgrpo_packing = self.sgrpo_pack_reason is None
+            members = self.args.num_exits + 1
+            if self.sgrpo_pack_reason is not None:
+                self._log_once(f"S-GRPO: pack_serial_groups is off for this run ({self.sgrpo_pack_reason}); serial "
+                               f"groups are scored as unpacked rows.")
+            elif self.args.per_device_train_batch_size % members:
+                self._log_once(f"S-GRPO: per_device_train_batch_size {self.args.per_device_train_batch_size} is not a "
+                               f"multiple of num_exits + 1 = {members}: each micro-batch packs the consecutive members "
+                               f"of the serial groups it holds (exact, less prefix sharing than whole groups).")
 
     # ------------------------------------------------------------------------------------------ helpers
     def _serial_active(self) -> bool:
         return bool(self.args.serial) and self.model.training
+
+    def _log_once(self, message: str):
+        if self.accelerator.is_main_process:
+            logger.warning(message)
+
+    def _packing_unsupported_reason(self) -> str | None:
+        """Why this run cannot score packed serial groups (None: it can). Configuration only, so every rank agrees."""
+        for name, model in (("policy", self.model), ("reference", self.ref_model)):
+            if model is None:
+                continue
+            config = self.accelerator.unwrap_model(model).config
+            reason = packing_unsupported_reason(config, getattr(config, "_attn_implementation", None))
+            if reason is not None:
+                return f"{name} model: {reason}"
+        if getattr(self, "aux_loss_enabled", False):
+            return "the MoE router's load-balancing loss is computed over the padded rows"
+        pc = getattr(self.accelerator, "parallelism_config", None)
+        if pc is not None and (getattr(pc, "cp_enabled", False) or getattr(pc, "sp_enabled", False)):
+            return "context / sequence parallelism splits sequences across devices"
+        return None
+
+    def _packing_active(self) -> bool:
+        return self.sgrpo_packing and self._serial_active()
 
     def _exit_generator(self) -> torch.Generator:
         step = self.state.global_step
@@ -552,9 +643,15 @@ class SGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         self._sgrpo_batch, self._sgrpo_scores, self._sgrpo_exit_cache = None, None, None
-        out = super()._generate_and_score_completions(inputs)
+        self._sgrpo_scoring = True  # the old-policy / reference passes inside score packed (`_pack_rows_for`)
+        try:
+            out = super()._generate_and_score_completions(inputs)
+        finally:
+            self._sgrpo_scoring = False
         if not self._serial_active():
             return out
+        if self._packing_active():
+            out[PACK_KEY] = self._layout_descriptor().to(out["completion_ids"].device)
         scores = self._sgrpo_scores
         is_rows = self._is_row_stats(out)  # before the group dropping below changes out["tool_mask"]
         advantages = scores["advantages"].clone()
@@ -588,6 +685,84 @@ class SGRPOTrainer(GRPOTrainer):
             self._log_is_metrics(scores, is_rows, dropped)
         self._log_exit_cache()
         return out
+
+    # ------------------------------------------------------------------------------- packed scoring (issue 20)
+    def _layout_descriptor(self) -> torch.Tensor:
+        layout = self._sgrpo_batch
+        return member_descriptor(layout["is_full"], layout["cut"], self.args.num_exits + 1)
+
+    def _pack_rows_for(self, n_rows: int) -> torch.Tensor | None:
+        """The packing descriptor of the rows the log-prob hook is asked to score, or None (score them TRL's way)."""
+        if not self._packing_active():
+            return None
+        if self._sgrpo_pack_rows is not None:  # the loss pass of a micro-batch
+            rows = self._sgrpo_pack_rows
+        elif self._sgrpo_scoring and self._sgrpo_batch is not None:  # old-policy / reference passes
+            rows = self._layout_descriptor()
+        else:
+            return None
+        if rows.size(0) != n_rows:
+            raise RuntimeError(f"S-GRPO packing: {rows.size(0)} descriptors for {n_rows} rows.")
+        return rows
+
+    def _prepare_inputs(self, generation_batch):
+        before = self._buffered_inputs
+        inputs = super()._prepare_inputs(generation_batch)
+        if (self._packing_active() and self._buffered_inputs is not before and self._buffered_inputs
+                and self._buffered_inputs[0].get(PACK_KEY) is not None):
+            # TRL shuffled the rows before splitting them into micro-batches: put each serial path back together.
+            self._buffered_inputs = regroup_micro_batches(self._buffered_inputs, PACK_KEY)
+            inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]
+        return inputs
+
+    def _compute_loss(self, model, inputs):
+        rows = inputs.get(PACK_KEY) if self._packing_active() else None
+        if rows is None:
+            return super()._compute_loss(model, inputs)
+        self._sgrpo_pack_rows, self._sgrpo_pack_counts = rows, None
+        try:
+            loss = super()._compute_loss(model, inputs)
+        finally:
+            self._sgrpo_pack_rows = None
+        if self._sgrpo_pack_counts is not None:
+            packed, unpacked = self._sgrpo_pack_counts
+            if hasattr(self, "_cost_trained"):  # trainers/cost.py counted the rows' tokens just before this call
+                self._cost_trained += packed - unpacked
+            self._metrics["train"]["sgrpo/packed_token_frac"].append(packed / max(unpacked, 1))
+        return loss
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **kwargs):
+        rows = self._pack_rows_for(input_ids.size(0))
+        if rows is None or compute_aux_loss or any(v is not None for v in kwargs.values()):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
+        batch_size = batch_size or input_ids.size(0)
+        attn = getattr(self.accelerator.unwrap_model(model).config, "_attn_implementation", None)
+        all_logps, all_entropies, packed, unpacked = [], [], 0, 0
+        # One forward per `batch_size` chunk, as TRL runs: ZeRO-3 ranks must run the same number of forwards.
+        for start in range(0, input_ids.size(0), batch_size):
+            end = min(start + batch_size, input_ids.size(0))
+            plan = plan_serial_packing(input_ids[start:end], attention_mask[start:end], logits_to_keep,
+                                       rows[start:end], pad_token_id=self._tokenizer.pad_token_id or 0)
+            plan = plan.to(input_ids.device)
+            if attn == "flex_attention":
+                mask = block_mask(plan)
+            else:
+                mask = dense_mask(plan, "bool" if attn == "sdpa" else "additive")
+            with self.accelerator.autocast():
+                outputs = model(input_ids=plan.input_ids, attention_mask=mask, position_ids=plan.position_ids,
+                                shift_labels=plan.shift_labels, fused_lm_head=True)
+            all_logps.append(scatter_to_rows(outputs.log_probs, plan))
+            if compute_entropy:
+                all_entropies.append(scatter_to_rows(outputs.entropy, plan))
+            packed, unpacked = packed + plan.packed_tokens, unpacked + plan.row_tokens
+        if self._sgrpo_pack_rows is not None:
+            self._sgrpo_pack_counts = [packed, unpacked]
+        logps = torch.cat(all_logps, dim=0)
+        entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None
+        return logps, entropies, None
 
     # ------------------------------------------------------------------- vLLM importance-sampling correction
     def _is_row_stats(self, out):
