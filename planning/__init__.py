@@ -73,6 +73,17 @@ def generation_calls(method: str, method_args, per_rank: int, tp: int) -> list[t
     return [(per_rank * tp, method_args.max_completion_length, method_args.max_completion_length)]
 
 
+def packing(method: str, method_args, prompt: int) -> dict:
+    """S-GRPO's packed serial groups (`pack_serial_groups`): one sequence a full rollout with its m exit branches, a
+    branch being a copy of the last prefix token, the exit text and the answer (trainers/packing.py)."""
+    if not (method == "sgrpo" and getattr(method_args, "serial", False) and getattr(method_args, "pack_serial_groups",
+                                                                                   False)):
+        return {}
+    m, thought = method_args.num_exits, method_args.max_completion_length
+    branch = 1 + EXIT_TEXT_TOKENS + method_args.max_answer_length
+    return {"pack_members": m + 1, "packed_length": prompt + thought + m * branch, "packed_scored": thought + m * branch}
+
+
 def plan_run(method: str, method_args, model_args, batch: dict, gpu_memory_gib: float, launch: dict) -> dict | None:
     """{"memory": ..., "time_and_volume": ...} for the recipe, or None when no config.json of the model can be read
     without a download."""
@@ -105,6 +116,7 @@ def plan_run(method: str, method_args, model_args, batch: dict, gpu_memory_gib: 
             method, method_args),
         rollouts_per_engine=calls,
         gpu_memory_gib=gpu_memory_gib,
+        **packing(method, method_args, prompt_tokens(method_args, arch.max_positions)),
     )
     memory = memory_plan(arch, setup)
     vllm = vllm_plan(arch, setup) if setup.use_vllm and setup.vllm_mode == "colocate" else None

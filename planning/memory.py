@@ -6,7 +6,9 @@ What it counts, per GPU, in GiB (2^30 bytes):
   the bf16 model trains with bf16 AdamW state, 4 bytes, and DDP's gradient buckets), the reference model when
   beta > 0 (none with LoRA: TRL disables the adapter instead), LoRA adapters in fp32 when `use_peft`;
 - the activations of the largest micro-batch: `per_device_train_batch_size` rows padded to the longest prompt and
-  completion (TRL pads the whole generation batch, so one long rollout pads every row); with gradient checkpointing
+  completion (TRL pads the whole generation batch, so one long rollout pads every row), or, for S-GRPO's packed
+  serial groups when a micro-batch holds whole groups, one sequence a group (prompt + thought + m exit branches,
+  with its prefix-sharing mask); with gradient checkpointing
   one bf16 hidden state per layer plus one layer recomputed, without it every layer's saved tensors; the SDPA mask
   that transformers materialises for padded rows (rows x T^2 booleans, plus the bf16 bias the kernel converts it
   to); TRL 1.16's fused LM head, which never holds the full logits (tiles of 4,096 tokens x 32,768 vocabulary) but
@@ -66,6 +68,20 @@ class Setup:
     vllm_max_model_len: int
     rollouts_per_engine: list[tuple[int, int, int]]  # (sequences, KV tokens beyond the prompt, decoded tokens) a call
     gpu_memory_gib: float
+    # S-GRPO's packed serial groups (trainers/packing.py): members per packed sequence (m + 1), and each sequence's
+    # length and scored positions; a micro-batch of whole groups is that many sequences instead of padded rows
+    pack_members: int | None = None
+    packed_length: int = 0
+    packed_scored: int = 0
+
+
+def micro_batch_shape(s: Setup) -> tuple[int, int, int]:
+    """(sequences, tokens per sequence, scored positions per sequence) of the largest micro-batch: packed serial
+    groups when the rows hold whole groups, else padded rows (a group split across micro-batches is counted
+    unpacked, an upper bound)."""
+    if s.pack_members and s.rows % s.pack_members == 0:
+        return s.rows // s.pack_members, s.packed_length, s.packed_scored
+    return s.rows, s.prompt_tokens + s.completion_tokens, s.completion_tokens
 
 
 def gib(x: float) -> float:
@@ -117,9 +133,9 @@ def trainer_state(arch: Architecture, s: Setup) -> dict[str, float]:
 
 def activations(arch: Architecture, s: Setup) -> dict[str, float]:
     """Peak bytes of one micro-batch's forward and backward beyond the resident state."""
-    t = s.prompt_tokens + s.completion_tokens
-    tokens = s.rows * t
-    scored = s.rows * s.completion_tokens  # positions the fused LM head scores
+    sequences, t, scored_each = micro_batch_shape(s)
+    tokens = sequences * t
+    scored = sequences * scored_each  # positions the fused LM head scores
     layer = layer_activation_elements(arch) * 2 * tokens
     # backward of one layer: gradients of its widest tensors (gate, up and activation) live at once
     layer_grads = 3 * arch.intermediate * 2 * tokens
@@ -130,10 +146,10 @@ def activations(arch: Architecture, s: Setup) -> dict[str, float]:
     attn = (s.attn_implementation or "sdpa").lower()
     if "flash" in attn or "flex" in attn or "paged" in attn:
         mask = 0
-    else:  # sdpa/eager: a (rows, 1, T, T) boolean mask, and the bf16 bias SDPA's masked kernel converts it into
-        mask = 3 * s.rows * t * t
+    else:  # sdpa/eager: a (sequences, 1, T, T) boolean mask (padding, or the packed groups' prefix-sharing mask),
+        mask = 3 * sequences * t * t  # and the bf16 bias SDPA's masked kernel converts it into
     if attn == "eager":  # attention probabilities of one layer at a time (with checkpointing), per head
-        mask += 2 * s.rows * arch.heads * t * t * (1 if s.gradient_checkpointing else arch.layers)
+        mask += 2 * sequences * arch.heads * t * t * (1 if s.gradient_checkpointing else arch.layers)
     head_weight_grad = 0 if s.use_peft else 4 * arch.lm_head_parameters  # fp32 accumulator in the fused head
     lm_head = (2 * scored * arch.hidden  # completion hidden states kept for the recomputing backward
                + 4 * scored * arch.hidden  # their fp32 gradient
@@ -198,7 +214,9 @@ def memory_plan(arch: Architecture, s: Setup) -> dict:
         "zero_stage": s.zero_stage,
         "processes": s.processes,
         "micro_batch": {"rows": s.rows, "tokens_per_row": s.prompt_tokens + s.completion_tokens,
-                        "prompt_tokens_assumed": s.prompt_tokens},
+                        "prompt_tokens_assumed": s.prompt_tokens,
+                        **({"packed_sequences": micro_batch_shape(s)[0], "tokens_per_packed_sequence": s.packed_length}
+                           if micro_batch_shape(s)[1] == s.packed_length and s.pack_members else {})},
         **{f"{k}_gib": gib(v) for k, v in state.items()},
         "activations_gib": {k: gib(v) for k, v in act.items()},
         "cuda_context_gib": CUDA_CONTEXT_GIB,

@@ -37,6 +37,14 @@ def plan_for(recipe: Path, accelerate_config: str, gpu_gib: float) -> dict:
     return {"batch": batch, **out}
 
 
+def shape(micro_batch: dict) -> str:
+    """"rows x tokens", or S-GRPO's packed serial groups: "rows as N packed x tokens"."""
+    if "packed_sequences" in micro_batch:
+        return (f"{micro_batch['rows']} as {micro_batch['packed_sequences']} packed x "
+                f"{micro_batch['tokens_per_packed_sequence']}")
+    return f"{micro_batch['rows']} x {micro_batch['tokens_per_row']}"
+
+
 def row(recipe: Path, plans: dict[float, dict]) -> str:
     p80, p141 = plans[80.0], plans[141.0]
     m, v = p80["memory"], p80["time_and_volume"]
@@ -45,7 +53,7 @@ def row(recipe: Path, plans: dict[float, dict]) -> str:
     mark = lambda mem: f"{mem['peak_gib']:.0f}" + ("" if mem["fits"] else " (does not fit)")  # noqa: E731
     batch = p80["batch"]
     return (f"| `{recipe.parent.name}/{recipe.name}` | {batch['questions_per_optimizer_step']:g} x "
-            f"{batch['group_size_G']} | {m['micro_batch']['rows']} x {m['micro_batch']['tokens_per_row']} | "
+            f"{batch['group_size_G']} | {shape(m['micro_batch'])} | "
             f"{mark(m)} | {vllm.get('concurrent_max_length_sequences', '-')} | {waves} | "
             f"{v['worst_case_tokens_sampled_per_step'] / 1e6:.1f}M | {v.get('worst_case_generation_seconds', '-')} | "
             f"{v.get('ddp_timeout', '-')} | {v['checkpoint_gib']:.0f} x {(v['save_total_limit'] or 0) + 1} | "

@@ -2,9 +2,9 @@
 
     # GPUs for generation (here 4-7: tensor parallel 2 x data parallel 2):
     CUDA_VISIBLE_DEVICES=4,5,6,7 python scripts/vllm_server.py --config recipes/qwen3-8b/sgrpo-server.yaml --tensor_parallel_size 2 --data_parallel_size 2
-    # trainer on the remaining GPUs (--gradient_accumulation_steps 96 keeps 128 questions per step on 4 processes):
+    # trainer on the remaining GPUs (--gradient_accumulation_steps 32 keeps 128 questions per step on 4 processes):
     CUDA_VISIBLE_DEVICES=0,1,2,3 accelerate launch --config_file accelerate_configs/zero3.yaml --num_processes 4 \
-        scripts/train.py --config recipes/qwen3-8b/sgrpo-server.yaml --gradient_accumulation_steps 96
+        scripts/train.py --config recipes/qwen3-8b/sgrpo-server.yaml --gradient_accumulation_steps 32
 
 The model, revision, dtype, context length, host and port come from the recipe, so trainer and server agree.
 The command is TRL's own (`trl.scripts.vllm_serve.build_command`: weight-transfer endpoints, processed logprobs);

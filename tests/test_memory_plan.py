@@ -73,14 +73,18 @@ def test_plan_matches_hand_arithmetic_qwen3_8b_sgrpo(capsys):
     assert mem["gradients_gib"] == g(2 * p / 8)
     assert mem["optimizer_gib"] == g(12 * p / 8)  # fp32 master + Adam m, v, sharded
     assert mem["reference_model_gib"] == 0  # beta 0: TRL builds no reference model
-    # the micro-batch: 3 rows of 1024 prompt + 16384 thought + 32 exit text + 1024 answer tokens
-    rows, t = 3, 1024 + 16384 + 32 + 1024
-    assert mem["micro_batch"] == {"rows": rows, "tokens_per_row": t, "prompt_tokens_assumed": 1024}
+    # the micro-batch: one serial group (9 rows), packed into one sequence: 1024 prompt + 16384 thought + 8 exit
+    # branches of (1 copied prefix token + 32 exit text + 1024 answer tokens)
+    t = 1024 + 16384 + 8 * (1 + 32 + 1024)
+    assert mem["micro_batch"] == {"rows": 9, "tokens_per_row": 1024 + 16384 + 32 + 1024, "prompt_tokens_assumed": 1024,
+                                  "packed_sequences": 1, "tokens_per_packed_sequence": t}
     h, i, q, kv, layers = 4096, 12288, 4096, 1024, 36
-    layer = (4 * h + 3 * q + 3 * kv + 4 * i + q + kv) * 2 * rows * t
-    act = layers * h * 2 * rows * t + layer + 3 * i * 2 * rows * t + 4 * rows * t * h
+    layer = (4 * h + 3 * q + 3 * kv + 4 * i + q + kv) * 2 * t
+    act = layers * h * 2 * t + layer + 3 * i * 2 * t + 4 * t * h
     assert mem["activations_gib"]["layers"] == g(act)
-    assert mem["activations_gib"]["attention_mask"] == g(3 * rows * t * t)
+    assert mem["activations_gib"]["attention_mask"] == g(3 * t * t)  # the prefix-sharing mask, bool + bf16 bias
+    scored = 16384 + 8 * (1 + 32 + 1024)
+    assert mem["activations_gib"]["lm_head"] == g(6 * scored * h + 2 * 4096 * 32768 + 4 * 151_936 * h)
     # vLLM: 0.65 x 80 GiB, minus the weights and 2 GiB + TRL's 4096-token profile, is the KV cache
     vllm = mem["vllm"]
     budget = 0.65 * 80 * GIB

@@ -49,9 +49,9 @@ def test_four_nodes_of_eight(monkeypatch):
 def test_trainer_nodes_and_a_vllm_server_node(monkeypatch):
     monkeypatch.chdir(ROOT)
     out = multinode.plan(SERVER, nodes=5, gpus_per_node=8, vllm_nodes=1, vllm_host="node05",
-                         vllm_tensor_parallel_size=2, train_args=["--gradient_accumulation_steps", "12"])
+                         vllm_tensor_parallel_size=2, train_args=["--gradient_accumulation_steps", "4"])
     assert out["trainer_processes"] == 32 and out["vllm"] == "server on node 4"
-    # 3 per device x 32 processes x 12 = 1152 = the paper's 128 questions x 9 per step, whole groups per process
+    # 9 per device x 32 processes x 4 = 1152 = the paper's 128 questions x 9 per step, whole groups per process
     assert out["batch"]["completions_per_optimizer_step"] == 1152
     assert out["batch"]["groups_whole_on_each_process"]
     server = out["roles"][-1]
@@ -60,7 +60,7 @@ def test_trainer_nodes_and_a_vllm_server_node(monkeypatch):
         "2", "4")
     for role in out["roles"][:-1]:
         assert flag(role["command"], "--vllm_server_host") == "node05"
-        assert flag(role["command"], "--gradient_accumulation_steps") == "12"
+        assert flag(role["command"], "--gradient_accumulation_steps") == "4"
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -96,7 +96,7 @@ def test_slurm_script_runs_every_node_command(tmp_path):
     # one file per srun call: the calls run in the background at the same time
     env = slurm_stubs(tmp_path, ["gpu-a", "gpu-b", "gpu-c"], f"printf '%s\\t' \"$@\" > {tmp_path}/srun-$$.log")
     proc = subprocess.run(["bash", "scripts/slurm/train.slurm", SERVER, "--vllm_nodes", "1", "--",
-                           "--gradient_accumulation_steps", "24"],
+                           "--gradient_accumulation_steps", "8"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
