@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,14 +35,9 @@ from trainers.serial_group import DEFAULT_EXIT_TEXT, exit_prompt_ids, sample_exi
 def hardware(device: str) -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from trainers.vllm_cpu import cpu_name
+
+    cpu = cpu_name()
     text = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} threads={torch.get_num_threads()}"
     if device.startswith("cuda") and torch.cuda.is_available():
         text += f"; GPU {torch.cuda.get_device_name(0)}"

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -71,14 +70,9 @@ SETTINGS = [  # (mode, clip_max): TRL's default first
 
 
 def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from trainers.vllm_cpu import cpu_name
+
+    cpu = cpu_name()
     from trainers.vllm_cpu import cpu_kernel_flags
 
     flags = ",".join(k for k, v in cpu_kernel_flags().items() if v)

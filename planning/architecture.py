@@ -3,6 +3,7 @@ shipped in `planning/model_configs/`, and exact parameter counts from the model 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -73,8 +74,18 @@ def _lora_targets(target_modules, model_type: str) -> re.Pattern | set[str] | No
 def load_architecture(name_or_path: str, revision: str | None = None, lora_r: int | None = None,
                       lora_target_modules=None) -> Architecture | None:
     """The architecture and exact parameter counts (a second or so: the model is built on the meta device, no
-    weights). With `lora_r`, also the adapter count for peft's LoRA on `lora_target_modules` (default all-linear).
-    None when no config.json can be found without a download."""
+    weights). With `lora_r`, also the adapter count for peft's LoRA on `lora_target_modules` (default: peft's
+    default for the model type). None when no config.json can be found without a download. Cached per process
+    (scripts/plan_recipes.py plans each recipe for two GPUs)."""
+    targets = tuple(lora_target_modules) if isinstance(lora_target_modules, list | tuple) else lora_target_modules
+    return _load_architecture(name_or_path, revision, lora_r, targets)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_architecture(name_or_path: str, revision: str | None, lora_r: int | None,
+                       lora_target_modules) -> Architecture | None:
+    if isinstance(lora_target_modules, tuple):
+        lora_target_modules = list(lora_target_modules)
     found = find_config(name_or_path, revision)
     if found is None:
         return None

@@ -66,3 +66,17 @@ def cpu_kernel_flags() -> dict[str, bool]:
     except OSError:
         flags = []
     return {name: name in flags for name in ("avx2", "avx512f", "avx512_bf16", "amx_tile")}
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform's processor string elsewhere), for benchmark headers."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
