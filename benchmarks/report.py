@@ -294,6 +294,17 @@ def _legend_below(fig, axes) -> None:
     fig.tight_layout(rect=(0, 0.04 + 0.035 * rows, 1, 1))
 
 
+def _finish(fig, axes, title: str, path: str | Path) -> Path:
+    """Title, shared legend below the panels, save and close: the last steps of every plot here."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    _legend_below(fig, axes)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_accuracy_vs_tokens(runs: list[dict], benchmarks: list[str], path: str | Path, budget: str = "full") -> Path:
     """One panel per benchmark (and overall): each run a point at (mean tokens, pass@1 %)."""
     panels = benchmarks + (["overall"] if len(benchmarks) > 1 else [])
@@ -313,13 +324,7 @@ def plot_accuracy_vs_tokens(runs: list[dict], benchmarks: list[str], path: str |
         ax.set_title(display_name(b) if b != "overall" else "overall (mean)")
         _style_axis(ax, "mean tokens per sample")
         ax.margins(0.15)
-    fig.suptitle("Accuracy vs response length")
-    _legend_below(fig, axes)
-    fig.savefig(path, dpi=120)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, axes, "Accuracy vs response length", path)
 
 
 def plot_budget_curves(runs: list[dict], benchmarks: list[str], path: str | Path) -> Path:
@@ -342,13 +347,7 @@ def plot_budget_curves(runs: list[dict], benchmarks: list[str], path: str | Path
                            label=f"{run['run']}: no budget ({full['mean_tokens']:,.0f} tok)")
         ax.set_title(display_name(b))
         _style_axis(ax, "budget (tokens)")
-    fig.suptitle("Accuracy vs budget")
-    _legend_below(fig, axes)
-    fig.savefig(path, dpi=120)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, axes, "Accuracy vs budget", path)
 
 
 def deer_points(run: dict, bench: str) -> list[tuple[str, float, float]]:
@@ -375,13 +374,7 @@ def plot_deer_tradeoff(runs: list[dict], benchmarks: list[str], path: str | Path
                 ax.annotate(label, (x, 100 * y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_title(display_name(b))
         _style_axis(ax, "mean tokens per sample (+ DEER's trial tokens)")
-    fig.suptitle("DEER: accuracy vs tokens over thresholds")
-    _legend_below(fig, axes)
-    fig.savefig(path, dpi=120)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, axes, "DEER: accuracy vs tokens over thresholds", path)
 
 
 def plot_exit_profile(runs: list[dict], benchmarks: list[str], path: str | Path) -> Path:
@@ -402,10 +395,4 @@ def plot_exit_profile(runs: list[dict], benchmarks: list[str], path: str | Path)
         ax.set_title(display_name(b) if b != "overall" else "overall (mean)")
         _style_axis(ax, "fraction of the sample's own thought")
         ax.set_xlim(0, 1.05)
-    fig.suptitle("Forced exits (hollow: full answer)")
-    _legend_below(fig, axes)
-    fig.savefig(path, dpi=120)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return Path(path)
+    return _finish(fig, axes, "Forced exits (hollow: full answer)", path)
