@@ -1,4 +1,4 @@
-"""Evaluation loop: prompts, resumable per-sample JSONL, grading, pass@1 summaries.
+"""Evaluation loop: prompts, resumable per-sample JSONL, grading, pass@1 and pass@k summaries.
 
 Files under `<output_dir>/<benchmark>/`: `samples*.jsonl` (one line per sample, appended as chunks finish;
 data-parallel shards write `samples.shard{i}.jsonl`), `protocol.json` and `summary.json`; the run's
@@ -35,7 +35,7 @@ from benchmarks.generation import (
     sample_seed,
 )
 from benchmarks.registry import Question
-from benchmarks.scoring import count_tokens, grade
+from benchmarks.scoring import benchmark_pass_at_k, count_tokens, grade, pass_at_k_ks
 
 DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
 # Protocol keys that change what a sample is: resuming with another value would mix two protocols.
@@ -314,7 +314,8 @@ def pass_at_1(per_question: dict[str, list[bool]]) -> tuple[float, float | None]
 
 
 def summarize_records(records: list[dict]) -> dict[str, dict[str, Any]]:
-    """Per-budget statistics: pass@1 (fraction) with its standard error, token means, limit hits."""
+    """Per-budget statistics: pass@1 (fraction) with its standard error, unbiased pass@k (`pass_at_k`: str(k) ->
+    fraction, k = the powers of two up to the fewest samples of a question, and that count), token means, limit hits."""
     by_budget: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_budget[r["budget"]].append(r)
@@ -330,6 +331,7 @@ def summarize_records(records: list[dict]) -> dict[str, dict[str, Any]]:
         out[key] = {
             "budget_kind": budget.kind, "budget": budget.value,
             "accuracy": acc, "accuracy_stderr": se,
+            "pass_at_k": benchmark_pass_at_k([(len(v), sum(v)) for v in per_q.values()], pass_at_k_ks(min(counts))),
             "n_questions": len(per_q), "n_samples": n,
             "samples_per_question": min(counts) if min(counts) == max(counts) else [min(counts), max(counts)],
             "mean_tokens": sum(r["num_tokens"] for r in rows) / n,

@@ -6,6 +6,9 @@ A run is the `summary.json` that scripts/evaluate.py writes: {"run": label, "ben
 - Main table (S-GRPO Table 1): cells "accuracy / tokens", accuracy in percent, tokens the mean over samples;
   the overall column is the unweighted mean over the table's benchmarks of both (this reproduces S-GRPO's
   overall column, e.g. R1-Distill-7B S-GRPO 76.10 / 3,556).
+- pass@k (`pass_at_k` in a summary, evaluate.py with n > 1 samples per question): the main and budget tables
+  add a column "<benchmark> pass@K" per benchmark, K the largest k every run (budget) reports there; a summary
+  written before pass@k (no key) shows "-". The accuracy cells are pass@1.
 - Change against a baseline run: accuracy in points, tokens in percent.
 - ELR (GFPO): (L_GRPO - L_X) / (L_GRPO - L_SFT), the share of GRPO's length growth over SFT that X removes.
 - Overthinking profile (`evaluate.py --exit_fractions`): pass@1 of the answers forced after a fraction F of each
@@ -81,14 +84,29 @@ def _fmt_tokens(tokens: float) -> str:
     return f"{tokens:,.0f}"
 
 
-def _header(benchmarks: list[str], first: str = "run") -> list[str]:
-    cols = [first] + [display_name(b) for b in benchmarks] + ["overall"]
+def _header(benchmarks: list[str], first: str = "run", extra: list[str] = ()) -> list[str]:
+    cols = [first] + [display_name(b) for b in benchmarks] + ["overall", *extra]
     return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
 
 
+def common_k(cells: list[dict | None]) -> int | None:
+    """The largest k whose pass@k every cell with a `pass_at_k` reports (older summaries without it are left out);
+    None when no cell has one or that k is 1 (pass@1 is the accuracy, already in the table)."""
+    sets = [{int(k) for k in c["pass_at_k"]} for c in cells if c and c.get("pass_at_k")]
+    k = max(set.intersection(*sets), default=None) if sets else None
+    return k if k and k > 1 else None
+
+
+def _fmt_pass(c: dict | None, k: int) -> str:
+    value = (c or {}).get("pass_at_k", {}).get(str(k))
+    return "-" if value is None else _fmt_acc(value)
+
+
 def main_table(runs: list[dict], benchmarks: list[str], budget: str = "full", stderr: bool = False) -> str:
-    """Cells "accuracy / tokens" (S-GRPO Table 1); `stderr` adds ± the pass@1 standard error."""
-    lines = _header(benchmarks)
+    """Cells "accuracy / tokens" (S-GRPO Table 1); `stderr` adds ± the pass@1 standard error; then a pass@K column
+    per benchmark whose runs report pass@k with k > 1."""
+    passk = {b: k for b in benchmarks if (k := common_k([cell(r, b, budget) for r in runs]))}
+    lines = _header(benchmarks, extra=[f"{display_name(b)} pass@{k}" for b, k in passk.items()])
     for run in runs:
         cells = []
         for b in benchmarks:
@@ -100,6 +118,7 @@ def main_table(runs: list[dict], benchmarks: list[str], budget: str = "full", st
             cells.append(f"{_fmt_acc(c['accuracy'])}{se} / {_fmt_tokens(c['mean_tokens'])}")
         ov = overall(run, benchmarks, budget)
         cells.append(f"{_fmt_acc(ov[0], 2)} / {_fmt_tokens(ov[1])}" if ov else "-")
+        cells += [_fmt_pass(cell(run, b, budget), k) for b, k in passk.items()]
         lines.append(f"| {run['run']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -168,9 +187,12 @@ def budget_keys(runs: list[dict]) -> list[str]:
 
 
 def budget_table(run: dict, benchmarks: list[str]) -> str:
-    """One row per budget of a run: cells "accuracy / tokens" (DEER's: "+ N trial", its trial answers' tokens)."""
-    lines = _header(benchmarks, f"{run['run']}: budget")
-    for key in budget_keys([run]):
+    """One row per budget of a run: cells "accuracy / tokens" (DEER's: "+ N trial", its trial answers' tokens), then
+    a pass@K column per benchmark as in `main_table`."""
+    keys = budget_keys([run])
+    passk = {b: k for b in benchmarks if (k := common_k([cell(run, b, key) for key in keys]))}
+    lines = _header(benchmarks, f"{run['run']}: budget", [f"{display_name(b)} pass@{k}" for b, k in passk.items()])
+    for key in keys:
         cells = []
         for b in benchmarks:
             c = cell(run, b, key)
@@ -179,6 +201,7 @@ def budget_table(run: dict, benchmarks: list[str]) -> str:
             cells.append("-" if c is None else f"{_fmt_acc(c['accuracy'])} / {_fmt_tokens(c['mean_tokens'])}{trials}")
         ov = overall(run, benchmarks, key)
         cells.append(f"{_fmt_acc(ov[0], 2)} / {_fmt_tokens(ov[1])}" if ov else "-")
+        cells += [_fmt_pass(cell(run, b, key), k) for b, k in passk.items()]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Grading of one completion against its gold, and per-sample token accounting (pure functions).
+"""Grading of one completion against its gold, per-sample token accounting and the pass@k estimator (pure functions).
 
 Math answers go through the project's grader (`rewards.accuracy`: last `\\boxed{}` after `</think>`, compared
 with math-verify); multiple-choice answers (GPQA) are a letter in the last `\\boxed{}` after `</think>`.
@@ -6,6 +6,7 @@ with math-verify); multiple-choice answers (GPQA) are a letter in the last `\\bo
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -75,3 +76,30 @@ def count_tokens(completion_ids: list[int], think_end_id: int | None, injected_a
         thinking = completion_ids.index(think_end_id) + 1
         return TokenCounts(n, thinking, n - thinking, 0, True)
     return TokenCounts(n, n, 0, 0, False)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one question with n samples, c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k).
+
+    Exact integer binomials and one division (no float products to lose precision; k = 1 gives exactly c / n).
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    total = math.comb(n, k)
+    return (total - math.comb(n - c, k)) / total  # comb(n - c, k) is 0 when n - c < k: pass@k = 1
+
+
+def pass_at_k_ks(n: int) -> list[int]:
+    """The k reported for n samples per question: the powers of two up to n, and n itself (8 -> 1, 2, 4, 8)."""
+    return sorted({1 << i for i in range(n.bit_length())} | {n}) if n >= 1 else []
+
+
+def benchmark_pass_at_k(counts: list[tuple[int, int]], ks: list[int]) -> dict[str, float]:
+    """A benchmark's pass@k for each k: the mean of `pass_at_k` over the questions' (n, c) with n >= k; keys are
+    str(k) (JSON keys), a k no question reaches is left out."""
+    out = {}
+    for k in ks:
+        values = [pass_at_k(n, c, k) for n, c in counts if n >= k]
+        if values:
+            out[str(k)] = sum(values) / len(values)
+    return out

@@ -427,14 +427,22 @@ def deer_settings(args, benchmark: str | None):
                         max_trials=args.deer_max_trials, think_ratio=args.deer_think_ratio)
 
 
+def _pass_at_n(s: dict) -> str:
+    """pass@k at the largest k (= the samples per question) as "87.5 (n=8)"; "-" with one sample (= pass@1)."""
+    k = max((int(k) for k in s.get("pass_at_k") or {}), default=1)
+    return f"{100 * s['pass_at_k'][str(k)]:.1f} (n={k})" if k > 1 else "-"
+
+
 def print_summaries(summaries: dict[str, dict]) -> None:
-    print(f"{'benchmark':<16}{'budget':<18}{'pass@1 (%)':>16}{'tokens':>10}{'think':>9}{'answer':>8}"
-          f"{'truncated':>11}{'forced':>8}{'samples/s':>11}")
+    with_n = any(_pass_at_n(s) != "-" for summary in summaries.values() for s in summary["budgets"].values())
+    print(f"{'benchmark':<16}{'budget':<18}{'pass@1 (%)':>16}" + (f"{'pass@n (%)':>14}" if with_n else "")
+          + f"{'tokens':>10}{'think':>9}{'answer':>8}{'truncated':>11}{'forced':>8}{'samples/s':>11}")
     for bench, summary in summaries.items():
         tput = (summary.get("throughput") or {}).get("samples_per_second")
         for key, s in summary["budgets"].items():
             se = f" ± {100 * s['accuracy_stderr']:.1f}" if s["accuracy_stderr"] is not None else ""
-            print(f"{bench:<16}{key:<18}{100 * s['accuracy']:>10.1f}{se:<6}{s['mean_tokens']:>10.1f}"
+            print(f"{bench:<16}{key:<18}{100 * s['accuracy']:>10.1f}{se:<6}"
+                  + (f"{_pass_at_n(s):>14}" if with_n else "") + f"{s['mean_tokens']:>10.1f}"
                   f"{s['mean_thinking_tokens']:>9.1f}{s['mean_answer_tokens']:>8.1f}"
                   f"{s['truncated']:>6}/{s['n_samples']:<4}{s['forced_exits']:>8}"
                   f"{(f'{tput:.2f}' if tput else '-'):>11}"
