@@ -46,8 +46,19 @@ METHODS = {
     "sgrpo-all-1": "sgrpo_all_one.yaml",
     "sgrpo-shortest-1": "sgrpo_shortest_one.yaml",
     "sgrpo-no-serial": "sgrpo_no_serial.yaml",
+    # The seed analysis of GFPO (docs/gfpo-study.md): the hard filter, a soft penalty and stratified learning for the
+    # rejected, k annealed from G, and DPO on the filtered groups' pairs.
+    "gfpo-drop": "gfpo_shortest.yaml",  # = gfpo-shortest-4/16, exporting its (chosen, rejected) pairs for gfpo-dpo
+    "gfpo-penalty": "gfpo_penalty.yaml",
+    "gfpo-stratified": "gfpo_stratified.yaml",
+    "gfpo-anneal": "gfpo_anneal.yaml",
+    "gfpo-dpo": "gfpo_dpo.yaml",  # method: dpo, on gfpo-drop's pairs, from gfpo-drop's checkpoint of the same seed
 }
 DEFAULT_METHODS = ["grpo", "gfpo-shortest-4/16", "gfpo-token-eff-8/16", "gfpo-adaptive", "sgrpo"]  # the rest: --methods
+STUDY_METHODS = ["grpo", "gfpo-drop", "gfpo-penalty", "gfpo-stratified", "gfpo-anneal", "gfpo-dpo"]
+# A row trained from another row's run (same seed): it waits for it, and its cost includes it.
+DEPENDS = {"gfpo-dpo": "gfpo-drop"}
+PAIRS_FILE = "pairs.jsonl"
 RECIPES = ROOT / "recipes" / "synthetic"
 
 # Overrides of the recipes per size. CPU = the recipes as written.
@@ -79,12 +90,20 @@ def parse_args(argv=None):
     p.add_argument("--full", action="store_true", help="GPU size: the design's 3.4M base and 60-step runs")
     p.add_argument("--quick", action="store_true", help="smoke run: one seed, 2 steps, 8 held-out questions")
     p.add_argument("--seeds", default=None, help="comma list (default 0,1,2; --quick: 0)")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+    p.add_argument("--methods", default=None,
                    help=f"comma list of {list(METHODS)} (default: {','.join(DEFAULT_METHODS)})")
     p.add_argument("--task_version", type=int, default=4, choices=[3, 4],
                    help="synthetic task: 4 (default; overthinks like real reasoning models), 3 (the earlier task, "
                         "the README's v3 tables; outputs under <output_dir>/v3)")
-    p.add_argument("--output_dir", default="outputs/demo")
+    p.add_argument("--output_dir", default=None, help="default outputs/demo (--study: outputs/gfpo-study)")
+    p.add_argument("--study", action="store_true",
+                   help=f"the GFPO study (docs/gfpo-study.md): --methods {','.join(STUDY_METHODS)}, --eval_samples 8, "
+                        "--hard_split 100, output outputs/gfpo-study (each can still be set)")
+    p.add_argument("--eval_samples", type=int, default=None,
+                   help="samples per held-out question (default: 2 on the CPU); pass@k is reported up to it")
+    p.add_argument("--hard_split", type=int, default=None,
+                   help="N > 0: RL trains without the task's longest sums and every checkpoint is also evaluated on N "
+                        "held-out questions of that length (synthetic/task.py hard_split); needs a fresh --output_dir")
     # Measured on the 2-core CPU (GRPO, 64 completions/step, shared machine): transformers 5.0-6.4 s/step, vLLM
     # colocate 3.6-6.1 s/step plus ~3 CPU-s more start-up per run: a wash within the noise, so the default is the
     # back-end the demo was run end to end with.
@@ -104,10 +123,20 @@ def parse_args(argv=None):
         p.error("--full and --quick are exclusive")
     args.size = "full" if args.full else "quick" if args.quick else "cpu"
     args.seed_list = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
+    study = {"methods": ",".join(STUDY_METHODS), "eval_samples": 8, "hard_split": 100, "output_dir": "outputs/gfpo-study"}
+    plain = {"methods": ",".join(DEFAULT_METHODS), "eval_samples": None, "hard_split": 0, "output_dir": "outputs/demo"}
+    for key, value in (study if args.study else plain).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     args.method_list = [m for m in args.methods.split(",") if m]
     unknown = [m for m in args.method_list if m not in METHODS]
     if unknown:
         p.error(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
+    for m in args.method_list:
+        if m in DEPENDS and DEPENDS[m] not in args.method_list:
+            p.error(f"--methods: {m} trains on {DEPENDS[m]}'s run; add {DEPENDS[m]} to --methods")
+    if args.eval_samples is not None and args.eval_samples < 1:
+        p.error("--eval_samples must be >= 1")
     return args
 
 
@@ -173,6 +202,13 @@ def train_cmd(args, method: str, seed: int, base: Path, data: Path, out: Path) -
 
     recipe_path = RECIPES / METHODS[method]
     recipe = yaml.safe_load(recipe_path.read_text())
+    if recipe.get("method") == "dpo":  # trained on its source run's pairs, from its checkpoint
+        source = out.parent / f"{DEPENDS[method]}-s{seed}"
+        over = {k: v for k, v in SIZES[args.size]["train"].items() if k in ("max_steps", "logging_steps")}
+        over.update({"model_name_or_path": str(source), "dataset_name": str(source / PAIRS_FILE),
+                     "output_dir": str(out), "seed": seed})
+        return [sys.executable, "scripts/train.py", "--config", str(recipe_path),
+                *[x for k, v in over.items() for x in (f"--{k}", str(v))]]
     task = TASK_OVERRIDES[args.task_version]
     over = {**task["train"], **(task["sgrpo"] if recipe.get("method") == "sgrpo" else {}),
             **SIZES[args.size]["train"]}
@@ -181,6 +217,8 @@ def train_cmd(args, method: str, seed: int, base: Path, data: Path, out: Path) -
         over["per_device_train_batch_size"] = over.pop("questions_per_step") * G
     over.update({"model_name_or_path": str(base), "dataset_name": str(data / "train.jsonl"),
                  "output_dir": str(out), "seed": seed})
+    if method in DEPENDS.values():  # a run that a second stage trains on keeps its pairs
+        over["pairs_output_file"] = str(out / PAIRS_FILE)
     if args.use_vllm:
         over.update({"use_vllm": "true", "vllm_mode": "colocate", "vllm_enable_sleep_mode": "false",
                      "vllm_max_model_length": 64 + int(over.get("max_completion_length",
@@ -192,12 +230,16 @@ def train_cmd(args, method: str, seed: int, base: Path, data: Path, out: Path) -
 
 
 def eval_cmd(args, model: Path, data: Path, out: Path, seed: int, label: str) -> list[str]:
+    benchmarks = [data / "heldout.jsonl"] + ([data / "heldout_hard.jsonl"] if args.hard_split else [])
     cmd = [sys.executable, "scripts/evaluate.py", "--config", str(RECIPES / "base_eval.yaml"), "--model", str(model),
-           "--benchmarks", str(data / "heldout.jsonl"), "--output_dir", str(out), "--run_name", label,
+           "--benchmarks", ",".join(map(str, benchmarks)), "--output_dir", str(out), "--run_name", label,
            "--seed", str(seed), "--backend", args.eval_backend, "--no_progress"]
     if args.eval_backend == "vllm":
         cmd += ["--enforce_eager", "--max_model_len", "512"]
-    for k, v in {**TASK_OVERRIDES[args.task_version]["eval"], **SIZES[args.size]["eval"]}.items():
+    over = {**TASK_OVERRIDES[args.task_version]["eval"], **SIZES[args.size]["eval"]}
+    if args.eval_samples:
+        over["num_samples"] = args.eval_samples
+    for k, v in over.items():
         cmd += [f"--{k}", str(v)]
     return cmd
 
@@ -211,14 +253,38 @@ def read_cost(run_dir: Path) -> dict:
         return {}
     history = json.loads(path.read_text())["log_history"]
     runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
-    return {"sampled_tokens": total_cost(history, "cost/sampled_tokens"),
+    cost = {"sampled_tokens": total_cost(history, "cost/sampled_tokens"),
             "trained_tokens": total_cost(history, "cost/trained_tokens"), "train_seconds": runtime}
+    # The seed analysis's per-step questions (trainers/selection.py signal_stats) and the policy's entropy: mean
+    # over the logged steps, and the entropy of the last one.
+    for key in (*SIGNAL_KEYS, "entropy"):
+        values = [h[key] for h in history if isinstance(h.get(key), (int, float)) and h[key] == h[key]]
+        if values:
+            cost[key] = statistics.fmean(values)
+    entropies = [h["entropy"] for h in history if "entropy" in h]
+    if entropies:
+        cost["entropy_last"] = entropies[-1]
+    return cost
+
+
+SIGNAL_KEYS = tuple(f"gfpo/{k}" for k in ("retained_correct_negative", "correct_negative", "incorrect_no_signal",
+                                          "rejected_correct", "rejected_advantage_mean"))
 
 
 def read_eval(out: Path) -> dict:
-    summary = json.loads((out / "summary.json").read_text())
-    s = summary["benchmarks"]["heldout"]["budgets"]["full"]
-    return {"accuracy": 100 * s["accuracy"], "mean_tokens": s["mean_tokens"], "n_samples": s["n_samples"]}
+    """Accuracy (= pass@1), mean tokens and pass@k on the held-out split, and the same on the hard split if any."""
+    summary = json.loads((out / "summary.json").read_text())["benchmarks"]
+    result = {}
+    for name, prefix in (("heldout", ""), ("heldout_hard", "hard_")):
+        if name not in summary:
+            continue
+        s = summary[name]["budgets"]["full"]
+        result.update({f"{prefix}accuracy": 100 * s["accuracy"], f"{prefix}mean_tokens": s["mean_tokens"]})
+        for k, v in s.get("pass_at_k", {}).items():
+            if k != "1":
+                result[f"{prefix}pass@{k}"] = 100 * v
+    result["n_samples"] = summary["heldout"]["budgets"]["full"]["n_samples"]
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -256,10 +322,13 @@ def aggregate(results: dict[str, list[dict]]) -> list[dict]:
         g_tok = mean_tokens("grpo-cos" if label.endswith("-cos") and "grpo-cos" in results else "grpo")
         if g_tok is not None and b_tok is not None and label.startswith("gfpo"):  # ELR is GFPO's metric
             row["elr_percent"] = elr(g_tok, tok, b_tok)
-        for key in ("sampled_tokens", "trained_tokens", "train_seconds"):  # what training cost, mean over seeds
+        # What training cost, pass@k, the hard split, the signal metrics: mean (and std) over seeds, where every
+        # seed has the figure.
+        extra = {k for r in per_seed for k in r if k not in ("seed", "accuracy", "mean_tokens", "n_samples")}
+        for key in sorted(extra):
             values = [r[key] for r in per_seed if r.get(key) is not None]
             if values and len(values) == len(per_seed):
-                row[key] = statistics.fmean(values)
+                row[key], row[f"{key}_std"] = mean_std(values)
         rows.append(row)
     return rows
 
@@ -285,22 +354,57 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_study_table(rows: list[dict]) -> str:
+    """The second table, when the runs have them: pass@k, the hard split, and the seed analysis's signal metrics
+    (shares in %, mean over logged training steps; docs/gfpo-study.md)."""
+    passes = sorted({k for r in rows for k in r if k.startswith("pass@") and not k.endswith("_std")},
+                    key=lambda k: int(k[5:]))
+    cols = [("pass@1 (%)", "accuracy", 1)] + [(f"{k} (%)", k, 1) for k in passes]
+    if any("hard_accuracy" in r for r in rows):
+        cols += [("hard acc (%)", "hard_accuracy", 1), ("hard tokens", "hard_mean_tokens", 1)]
+        cols += [(f"hard {k} (%)", f"hard_{k}", 1) for k in passes]
+    cols += [("entropy", "entropy", 1), ("retained correct, A<0 (%)", "gfpo/retained_correct_negative", 100),
+             ("correct, A<0 (%)", "gfpo/correct_negative", 100), ("incorrect, A=0 (%)", "gfpo/incorrect_no_signal", 100),
+             ("correct rejected (%)", "gfpo/rejected_correct", 100), ("mean A rejected", "gfpo/rejected_advantage_mean", 1)]
+    if not any(key in r for r in rows for _, key, _ in cols[1:]):
+        return ""
+
+    def cell(r, key, scale):
+        if r.get(key) is None:
+            return "-"
+        std = r.get("accuracy_std" if key == "accuracy" else f"{key}_std")
+        digits = 3 if key in ("entropy", "gfpo/rejected_advantage_mean") else 1
+        text = f"{scale * r[key]:.{digits}f}"
+        return text + (f" ± {scale * std:.{digits}f}" if std is not None and r["seeds"] > 1 else "")
+
+    lines = ["| method | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += ["| " + " | ".join([r["method"]] + [cell(r, key, scale) for _, key, scale in cols]) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for r in rows:
-        ax.errorbar(r["tokens"], r["accuracy"], xerr=r["tokens_std"], yerr=r["accuracy_std"], fmt="o", capsize=3,
-                    label=r["method"])
-        for s in r["per_seed"]:
-            ax.plot(s["mean_tokens"], s["accuracy"], ".", color="grey", alpha=0.4)
-    ax.set_xlabel("mean tokens per held-out answer")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Synthetic benchmark: mean ± std over seeds (grey: single seeds)")
-    ax.legend(fontsize=8)
+    panels = [("", "held-out questions")]
+    if any("hard_accuracy" in r for r in rows):
+        panels.append(("hard_", "hard split (longest sums, never RL-trained)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    for ax, (prefix, title) in zip(axes[0], panels, strict=True):
+        for r in rows:
+            acc, tok = f"{prefix}accuracy", f"{prefix}mean_tokens" if prefix else "tokens"
+            if r.get(acc) is None:
+                continue
+            ax.errorbar(r[tok], r[acc], xerr=r.get(f"{tok}_std", r.get("tokens_std")), yerr=r.get(f"{acc}_std"),
+                        fmt="o", capsize=3, label=r["method"])
+            for s in r["per_seed"]:
+                ax.plot(s[f"{prefix}mean_tokens"], s[acc], ".", color="grey", alpha=0.4)
+        ax.set_xlabel("mean tokens per answer")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{title}: mean ± std over seeds (grey: seeds)", fontsize=9)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -347,8 +451,12 @@ def main(argv=None) -> dict:
     task = TaskConfig.of_version(args.task_version)
     base_cfg = preset("full" if args.full else "cpu", task=task)
     data = out / "data"
+    if args.hard_split and (data / "heldout.jsonl").exists() and not (data / "heldout_hard.jsonl").exists():
+        raise SystemExit(f"--hard_split: {out} holds runs trained on data without the hard split (their training set "
+                         "has the longest sums); pick a fresh --output_dir")
     if args.overwrite or not (data / "heldout.jsonl").exists():
-        write_datasets(data, n_train=2000, n_heldout=base_cfg.n_heldout, seed=base_cfg.data_seed, cfg=base_cfg.task)
+        write_datasets(data, n_train=2000, n_heldout=base_cfg.n_heldout, seed=base_cfg.data_seed, cfg=base_cfg.task,
+                       n_hard=args.hard_split)
     log(f"[1/4] task data in {data}")
 
     # 2. Base model.
@@ -372,11 +480,22 @@ def main(argv=None) -> dict:
     if len(to_train) < len(runs):
         log(f"[3/4] {len(runs) - len(to_train)}/{len(runs)} runs done before, kept (--overwrite redoes them)")
     t_train, n_done = time.time(), {"train": 0, "eval": 0}
+    import threading
+
+    trained = {key: threading.Event() for key in runs}
 
     def train_then_eval(key):
         # One job per run, its evaluation right after its training: no core waits for the slowest training.
+        if key[0] in DEPENDS:
+            trained[(DEPENDS[key[0]], key[1])].wait()
+        try:
+            if key in to_train:
+                (run_dirs[key] / PAIRS_FILE).unlink(missing_ok=True)  # the trainer appends: a rerun starts afresh
+                dt = run(to_train[key][0], env, to_train[key][1])
+        finally:
+            if key in trained:
+                trained[key].set()
         if key in to_train:
-            dt = run(to_train[key][0], env, to_train[key][1])
             n_done["train"] += 1
             eta = (time.time() - t_train) / n_done["train"] * (len(to_train) - n_done["train"])
             log(f"[3/4] {n_done['train']}/{len(to_train)} {key[0]} seed {key[1]}: trained in {dt:.0f}s "
@@ -388,12 +507,18 @@ def main(argv=None) -> dict:
             log(f"[4/4] {n_done['eval']}/{len(to_eval)} eval {key[0]} seed {key[1]}: accuracy {r['accuracy']:.1f}%, "
                 f"{r['mean_tokens']:.1f} tokens ({dt:.0f}s)")
 
-    # Longest first: the G = 16 runs, then S-GRPO's (~half as long on the CPU), then the base evaluations.
-    keys = sorted(runs, key=lambda ms: ms[0].startswith("sgrpo")) + [("base", s) for s in args.seed_list]
+    # Longest first: the G = 16 runs, then S-GRPO's (~half as long on the CPU), then the base evaluations, then the
+    # runs that start from another run's checkpoint.
+    keys = (sorted([k for k in runs if k[0] not in DEPENDS], key=lambda ms: ms[0].startswith("sgrpo"))
+            + [("base", s) for s in args.seed_list] + [k for k in runs if k[0] in DEPENDS])
     run_all([lambda k=k: train_then_eval(k) for k in keys if k in to_train or k in to_eval], args.jobs)
     results: dict[str, list[dict]] = {}
     for label, seed in ev_dirs:
         cost = read_cost(run_dirs[(label, seed)]) if (label, seed) in run_dirs else {}
+        if label in DEPENDS:  # a second stage: what it cost includes the run it starts from
+            first = read_cost(run_dirs[(DEPENDS[label], seed)])
+            cost.update({k: cost[k] + first[k] for k in ("sampled_tokens", "trained_tokens", "train_seconds")
+                         if cost.get(k) is not None and first.get(k) is not None})
         results.setdefault(label, []).append({"seed": seed, **read_eval(ev_dirs[(label, seed)]), **cost})
 
     # 5. Table and plots.
@@ -401,6 +526,9 @@ def main(argv=None) -> dict:
     report_dir = out / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     table = format_table(rows)
+    study = format_study_table(rows)
+    if study:
+        table += "\n\n" + study
     total = time.time() - t_start
     header = (f"Synthetic benchmark, task v{args.task_version} ({args.size}): held-out accuracy / mean tokens, mean ± std over seeds "
               f"{args.seed_list}; {total / 60:.1f} min on {hardware()}.")
@@ -410,8 +538,9 @@ def main(argv=None) -> dict:
     print("\n" + header + "\n\n" + table + "\n", flush=True)
     plot(rows, report_dir / "accuracy_vs_tokens_seeds.png")
     (report_dir / "demo.md").write_text(f"# {header}\n\n{table}\n\n![](accuracy_vs_tokens_seeds.png)\n")
-    result = {"task_version": args.task_version, "size": args.size, "seeds": args.seed_list, "seconds": round(total, 1), "hardware": hardware(),
-              "base": str(base), "rows": rows}
+    result = {"task_version": args.task_version, "size": args.size, "seeds": args.seed_list, "seconds": round(total, 1),
+              "hardware": hardware(), "base": str(base), "eval_samples": args.eval_samples,
+              "hard_split": args.hard_split, "rows": rows}
     (report_dir / "results.json").write_text(json.dumps(result, indent=1))
     # The project's report tool: per-run tables (seed by seed) and its plots.
     per_run = [f"{label}-s{r['seed']}={ev_dirs[(label, r['seed'])]}" for label, per_seed in results.items()

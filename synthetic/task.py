@@ -311,6 +311,22 @@ def build_splits(n_train: int, n_heldout: int, seed: int = 0, cfg: TaskConfig = 
     return {"train": [row(n) for n in train], "heldout": [row(n) for n in held]}
 
 
+def hard_split(splits: dict[str, list[dict]], n_hard: int, seed: int = 0, cfg: TaskConfig = TaskConfig()) -> dict:
+    """A held-out split harder than anything RL trains on: the `train` rows with the most terms (cfg.max_terms) are
+    removed and `heldout_hard` gets `n_hard` new questions of exactly that many terms, disjoint from every split. The
+    base saw such sums in its SFT data, so it can solve them (its longest thoughts, where re-checking catches the most
+    slips); RL never does. Longer sums than the base saw are no test: the 2-layer base scores 0% on 7-8 terms."""
+    terms = lambda row: row["question"].count("+") + 1  # noqa: E731
+    taken = {row["question"] for rows in splits.values() for row in rows}
+    rng, hard = _split_rng(seed, "heldout-hard"), []
+    while len(hard) < n_hard:
+        nums = tuple(rng.randint(cfg.low, cfg.high) for _ in range(cfg.max_terms))
+        if question_text(nums) not in taken:
+            taken.add(question_text(nums))
+            hard.append({"question": question_text(nums), "answer": str(sum(nums))})
+    return {**splits, "train": [r for r in splits["train"] if terms(r) < cfg.max_terms], "heldout_hard": hard}
+
+
 def write_jsonl(path: str | Path, rows) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -326,10 +342,13 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def write_datasets(output_dir: str | Path, n_train: int = 2000, n_heldout: int = 200, seed: int = 0,
-                   cfg: TaskConfig = TaskConfig(), n_sft_examples: int = 0) -> dict[str, Path]:
-    """Write `train.jsonl` and `heldout.jsonl` (question, answer) and, if asked, `sft.jsonl` (with traces)."""
+                   cfg: TaskConfig = TaskConfig(), n_sft_examples: int = 0, n_hard: int = 0) -> dict[str, Path]:
+    """Write `train.jsonl` and `heldout.jsonl` (question, answer), with `n_hard` the `hard_split` (`train.jsonl`
+    without its longest sums, `heldout_hard.jsonl`) and, if asked, `sft.jsonl` (with traces)."""
     output_dir = Path(output_dir)
     splits = build_splits(n_train, n_heldout, seed, cfg)
+    if n_hard:
+        splits = hard_split(splits, n_hard, seed, cfg)
     paths = {name: write_jsonl(output_dir / f"{name}.jsonl", rows) for name, rows in splits.items()}
     if n_sft_examples:
         held = heldout_numbers(n_heldout, seed, cfg)
@@ -341,7 +360,8 @@ def write_datasets(output_dir: str | Path, n_train: int = 2000, n_heldout: int =
                          "slipped": t.slipped, "n_rechecks": t.n_rechecks, "cut": t.cut})
         paths["sft"] = write_jsonl(output_dir / "sft.jsonl", rows)
     with open(output_dir / "task_config.json", "w") as f:
-        json.dump({"seed": seed, "n_train": n_train, "n_heldout": n_heldout, **cfg.to_dict()}, f, indent=1)
+        json.dump({"seed": seed, "n_train": len(splits["train"]), "n_heldout": n_heldout, **cfg.to_dict(),
+                   **({"n_heldout_hard": n_hard} if n_hard else {})}, f, indent=1)
     return paths
 
 

@@ -222,3 +222,23 @@ def test_scoring_rows_equal_on_every_rank():
     retained = torch.cat([t(0, 0, 0, 0), t(0, 1, 1, 0)])
     assert sel.local_scoring_rows(retained, 0, 2).tolist() == t(1, 1, 0, 0).tolist()
     assert sel.local_scoring_rows(torch.zeros(8, dtype=torch.bool), 1, 2).tolist() == t(1, 0, 0, 0).tolist()
+
+
+def test_signal_stats_by_hand():
+    # Group 1 (graded rewards): retained {0, 1, 2} with R = 1.0, 0.6, 0.2 -> mean 0.6: response 1 is correct but gets
+    # A = 0; response 2 (correct, 0.2) is pushed down. Rejected 3 (wrong) gets 0.
+    # Group 2, penalty mode by hand: retained {0, 1} both correct (zero std -> 0), rejected 2 correct (-0.1), 3 wrong (-0.1).
+    adv = torch.tensor([[1.22, 0.0, -1.22, 0.0], [0.0, 0.0, -0.1, -0.1]])
+    retained = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    correct = torch.tensor([[True, True, True, False], [True, True, True, False]])
+    s = sel.signal_stats(adv, retained, correct)
+    assert s["retained_correct_negative"] == pytest.approx(1 / 5)  # response (0, 2) of 5 retained correct
+    assert s["correct_negative"] == pytest.approx(2 / 6)  # plus the rejected correct (1, 2)
+    assert s["incorrect_no_signal"] == pytest.approx(1 / 2)  # (0, 3) gets 0; (1, 3) gets -0.1
+    assert s["rejected_correct"] == pytest.approx(1 / 6)
+    assert s["rejected_advantage_mean"] == pytest.approx((0.0 - 0.1 - 0.1) / 3)
+    # An unscorable response is left out; empty denominators give NaN.
+    none = sel.signal_stats(torch.zeros(1, 2), torch.tensor([[True, False]]), torch.tensor([[False, False]]),
+                            valid=torch.tensor([[True, False]]))
+    assert math.isnan(none["retained_correct_negative"]) and math.isnan(none["rejected_advantage_mean"])
+    assert none["incorrect_no_signal"] == 1.0

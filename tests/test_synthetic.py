@@ -378,3 +378,21 @@ def test_sgrpo_credit_of_v4_exit_answers(capsys):
     main(["--n", "60", "--task_version", "4"])
     out = capsys.readouterr().out
     assert "version=4" in out and "60 full rollouts" in out
+
+
+def test_hard_split_is_longer_and_disjoint():
+    from synthetic.task import TaskConfig, build_splits, hard_split
+
+    cfg = TaskConfig.v4()
+    splits = build_splits(300, 40, seed=0, cfg=cfg)
+    out = hard_split(splits, 25, seed=0, cfg=cfg)
+    terms = lambda row: row["question"].count("+") + 1  # noqa: E731
+    assert len(out["heldout_hard"]) == 25 and {terms(r) for r in out["heldout_hard"]} == {cfg.max_terms}
+    assert max(terms(r) for r in out["train"]) == cfg.max_terms - 1  # RL never sees the longest sums
+    assert len(out["train"]) == sum(terms(r) < cfg.max_terms for r in splits["train"]) > 0
+    assert out["heldout"] == splits["heldout"]  # the ordinary held-out split is unchanged
+    questions = [r["question"] for name in ("train", "heldout") for r in splits[name]]
+    assert not {r["question"] for r in out["heldout_hard"]} & set(questions)
+    row = out["heldout_hard"][0]
+    assert int(row["answer"]) == sum(int(x) for x in row["question"][len("What is "):-1].split(" + "))
+    assert hard_split(splits, 25, seed=0, cfg=cfg) == out  # a pure function of its inputs

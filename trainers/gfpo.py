@@ -284,6 +284,9 @@ class GFPOTrainer(GRPOTrainer):
         self._gfpo_in_scoring = False
         self._gfpo_presel_keep: torch.Tensor | None = None
         self._gfpo_last: dict[str, Any] = {}  # last selection, for inspection and tests
+        # Which reward says "correct" for the signal metrics: the one named accuracy (rewards/accuracy.py), if any.
+        names = [str(n).lower() for n in self.reward_func_names]
+        self._gfpo_accuracy_column = names.index("accuracy") if "accuracy" in names else None
 
     # ---------------------------------------------------------------------------------------------------------
     # Schedules
@@ -485,6 +488,10 @@ class GFPOTrainer(GRPOTrainer):
         metrics["gfpo/reward_rejected"].append(float(rj.mean()) if rj.numel() else float("nan"))
         if args.rejection_mode == "penalty":
             metrics["gfpo/rejection_penalty"].append(penalty)
+        if self._gfpo_accuracy_column is not None:  # the seed analysis's questions, per step
+            correct = rewards_per_func[:, self._gfpo_accuracy_column].view(-1, G) > 0.5
+            for name, value in sel.signal_stats(adv, retained, correct, ~torch.isnan(R)).items():
+                metrics[f"gfpo/{name}"].append(value)
         if "skipped_logp_rows" in cap:
             metrics["gfpo/skipped_logprob_rows"].append(float(cap["skipped_logp_rows"]))
 

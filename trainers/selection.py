@@ -249,6 +249,37 @@ def gfpo_advantages(
     return adv, zero_std
 
 
+def signal_stats(
+    advantages: torch.Tensor, retained: torch.Tensor, correct: torch.Tensor, valid: torch.Tensor | None = None
+) -> dict[str, float]:
+    """What the filter does to the learning signal (the seed analysis's two worries), over a (B, G) batch:
+
+    - ``retained_correct_negative``: share of retained correct responses whose advantage is < 0 (good by the whole
+      group's standard, punished because the retained set's baseline is higher); with a 0/1 reward it is 0 by
+      construction (no retained reward exceeds a correct one), so it needs a graded reward;
+    - ``correct_negative``: share of all correct responses whose advantage is < 0 (adds the rejected ones that
+      ``penalty`` and ``stratified`` push down);
+    - ``incorrect_no_signal``: share of incorrect responses whose advantage is exactly 0 (failures nothing learns from);
+    - ``rejected_correct``: share of correct responses the filter rejects;
+    - ``rejected_advantage_mean``: mean advantage of the rejected responses.
+    NaN where the denominator is empty. ``valid`` (default: all) excludes unscorable responses.
+    """
+    valid = torch.ones_like(retained, dtype=torch.bool) if valid is None else valid.bool()
+    kept, good = retained.bool() & valid, correct.bool() & valid
+    bad, rejected = ~correct.bool() & valid, ~retained.bool() & valid
+
+    def share(num: torch.Tensor, den: torch.Tensor) -> float:
+        return float((num & den).sum() / den.sum()) if den.any() else float("nan")
+
+    return {
+        "retained_correct_negative": share(advantages < 0, kept & good),
+        "correct_negative": share(advantages < 0, good),
+        "incorrect_no_signal": share(advantages == 0, bad),
+        "rejected_correct": share(rejected, good),
+        "rejected_advantage_mean": float(advantages[rejected].mean()) if rejected.any() else float("nan"),
+    }
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Adaptive Difficulty GFPO
 # --------------------------------------------------------------------------------------------------------------
