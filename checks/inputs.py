@@ -521,3 +521,52 @@ def quiet_argument_parser(**kwargs):
     import argparse
 
     return quiet_parser_class(argparse.ArgumentParser)(**kwargs)
+
+
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+PAIRS_HINT = ("give a preference file with prompt/chosen/rejected columns: run GFPO with `pairs_output_file` first "
+              "and name the file it wrote")
+
+
+def pair_error(row: dict) -> str | None:
+    """What is wrong with one preference row, or None. A prompt is text or a list of {role, content} messages; a
+    completion is text or one assistant message whose `content` is the whole sampled text (GFPO's pairs), so that
+    scripts/train.py can train on exactly that text."""
+    for column in PAIR_COLUMNS:
+        value = row.get(column)
+        if isinstance(value, str):
+            continue
+        if not (isinstance(value, list) and value and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in value)):
+            return f"`{column}` must be text or a list of {{role, content}} messages, got {value!r:.80}"
+        if column != "prompt":
+            extra = sorted(k for k in value[0] if k not in ("role", "content") and value[0][k] is not None)
+            if len(value) != 1 or value[0]["role"] != "assistant" or extra:
+                return (f"`{column}` must be one assistant message holding the whole completion in `content`, got "
+                        f"{len(value)} message(s) with keys {sorted(value[0])}")
+    return None
+
+
+def check_preference_data(value, key: str = "dataset_name") -> tuple[str, int | None]:
+    """A preference dataset (DPO): a local file whose every row has prompt/chosen/rejected (`pair_error`) and that
+    holds at least one, or a hub dataset name (checked for shape only). Returns (a sentence saying which it will
+    use, the local file's row count or None)."""
+    from benchmarks.registry import read_local_rows
+
+    try:
+        source = check_data_source(value, key)
+    except InputError as err:
+        raise InputError(f"{err}; {PAIRS_HINT}.") from None
+    if not source.startswith("local file"):
+        return source, None
+    rows = read_local_rows(value, max_rows=None)
+    for number, row in enumerate(rows, start=1):
+        missing = [c for c in PAIR_COLUMNS if c not in row]
+        if missing:
+            raise InputError(f"`{key}` {value}: row {number} has no {'/'.join(missing)} column (it has "
+                             f"{sorted(row)}); {PAIRS_HINT}.")
+        problem = pair_error(row)
+        if problem:
+            raise InputError(f"`{key}` {value}: row {number}: {problem}; {PAIRS_HINT}.")
+    return f"{source.removesuffix(')')}, {len(rows)} pairs)", len(rows)

@@ -15,6 +15,10 @@ names the key and what to change).
 10. the tokenizer: think tags survive decoding, the tokens that end a completion, the method's own check
     (`check_tokenizer_early`)
 11. the plan fits the GPU (`check_plan`); a dry run prints the plan first
+
+`method: dpo` (TRL's DPOTrainer on preference pairs, e.g. GFPO's `pairs_output_file`) has no groups, rewards or
+prompt template: steps 3 and 5 are `validate_dpo` (a preference dataset, loss names, the batch of pairs), and step 8
+says why it is not planned (`NOT_PLANNED`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import re
 import sys
 from dataclasses import dataclass, field, fields
 
@@ -31,6 +36,7 @@ from checks.inputs import (
     check_data_source,
     check_json_file,
     check_model_path,
+    check_preference_data,
     check_values,
     cli_values,
     load_yaml_mapping,
@@ -44,6 +50,18 @@ METHODS = {
     "grpo": ("trl", "GRPOConfig", "GRPOTrainer"),
     "gfpo": ("trainers.gfpo", "GFPOConfig", "GFPOTrainer"),
     "sgrpo": ("trainers.sgrpo", "SGRPOConfig", "SGRPOTrainer"),
+    "dpo": ("trl", "DPOConfig", "DPOTrainer"),  # offline, on preference pairs (e.g. GFPO's pairs_output_file)
+}
+# Methods that sample groups of completions and score them with rewards (GRPOConfig subclasses); the others train on
+# a fixed dataset, and the recipe keys that build GRPO's prompts and rewards mean nothing to them.
+SAMPLING_METHODS = ("grpo", "gfpo", "sgrpo")
+SAMPLING_ONLY_KEYS = ("question_column", "answer_column", "system_prompt", "prompt_template", "reward_funcs",
+                      "reward_kwargs")
+# Why the memory, time and volume plan (planning/) is not computed for a method.
+NOT_PLANNED = {
+    "dpo": "not planned for dpo: planning/ models GRPO's steps (vLLM rollouts, G completions per prompt); a DPO step "
+           "is 2 x per_device_train_batch_size sequences of at most max_length tokens through the policy and a "
+           "frozen reference copy (none with LoRA: the base with the adapter off)",
 }
 
 
@@ -204,10 +222,17 @@ def parse(argv: list[str] | None = None):
     types = (RecipeArguments, config_cls, ModelConfig)
     check_keys(recipe, types, source)
     check_keys(cli, types, "command line")
+    if method not in SAMPLING_METHODS:
+        for values, where in ((recipe, source), (cli, "command line")):
+            for key in SAMPLING_ONLY_KEYS:
+                if key in values:
+                    raise RecipeError(f"{where}: `{key}` builds GRPO's prompts and rewards and means nothing to "
+                                      f"method {method} (it trains on the dataset's own prompts): remove it.")
     # types from the dataclass fields, ranges from checks.inputs.RANGE_RULES, before anything uses a value
     check_values(recipe, types, source)
     check_values(cli, types, "command line", from_text=True)
-    precheck_batch(recipe, config_cls, argv)
+    if method in SAMPLING_METHODS:
+        precheck_batch(recipe, config_cls, argv)
     precheck_deepspeed(cli.get("deepspeed", recipe.get("deepspeed")))
     if not _has_accelerator() and "use_cpu" not in recipe and "--use_cpu" not in argv:
         # Without a GPU: TrainingArguments refuses bf16 unless use_cpu is set (a dry run on a login node must still
@@ -278,6 +303,8 @@ def validate(script_args: RecipeArguments, method_args, model_args) -> tuple[dic
         raise RecipeError("Set `dataset_name` to a hub dataset or a local .jsonl/.json/.parquet file.")
     if not model_args.model_name_or_path:
         raise RecipeError("Set `model_name_or_path` to a hub model id or a local checkpoint folder.")
+    if script_args.method == "dpo":
+        return validate_dpo(script_args, method_args, model_args)
     if "{question}" not in script_args.prompt_template:
         raise RecipeError("`prompt_template` must contain '{question}', where the question is inserted.")
     fill_length_kwargs(script_args, method_args.max_completion_length)
@@ -313,13 +340,43 @@ def validate(script_args: RecipeArguments, method_args, model_args) -> tuple[dic
     return plan, check_files(script_args, model_args)  # files last: the recipe's own logic errors come first
 
 
+def validate_dpo(script_args: RecipeArguments, method_args, model_args) -> tuple[dict, dict]:
+    """`validate` for DPO: loss names, steps, the batch of pairs, a checkpoint to resume from, the model and a
+    preference dataset with prompt/chosen/rejected."""
+    help_text = next(f.metadata.get("help", "") for f in fields(method_args) if f.name == "loss_type")
+    known = re.findall(r"`'(\w+)'`", help_text)  # DPOConfig lists its loss names in the field's help
+    unknown = [name for name in method_args.loss_type if known and name not in known]
+    if unknown:
+        raise RecipeError(f"`loss_type` {unknown[0]!r} is not a DPO loss: use one of {known} (sigmoid is DPO's).")
+    if method_args.max_steps == -1 and method_args.num_train_epochs <= 0:
+        raise RecipeError("Nothing to train: set `max_steps` >= 1 or `num_train_epochs` > 0.")
+    resolve_checkpoint(method_args)
+    model = check_model_path(model_args.model_name_or_path, "model_name_or_path", revision=model_args.model_revision)
+    dataset, rows = check_preference_data(script_args.dataset_name, "dataset_name")
+    if rows is not None and script_args.max_train_samples:
+        rows = min(rows, script_args.max_train_samples)
+    processes = num_processes_for(script_args)
+    pairs = method_args.per_device_train_batch_size * processes * method_args.gradient_accumulation_steps
+    plan = {
+        "processes": processes,
+        "pairs_per_optimizer_step": pairs,
+        # each pair is two sequences (prompt + chosen, prompt + rejected) through the policy and the reference
+        "sequences_per_optimizer_step": 2 * pairs,
+        "pairs_in_dataset": rows,
+        "optimizer_steps_per_epoch": None if rows is None else -(-rows // pairs),
+    }
+    return plan, {"model": model, "dataset": dataset}
+
+
 def resource_plan(script_args, method_args, model_args, batch: dict, dry_run: bool) -> dict | None:
     """The memory, time and volume plan (planning/) for the GPUs the run is for: in a dry run `gpu_memory_gib` and
     the accelerate config it names; at launch the GPU's own memory and the DeepSpeed settings `accelerate launch`
-    exported. None on a machine without a GPU at launch (the CPU tests), or when the model's config.json cannot be
-    read without a download."""
+    exported. None on a machine without a GPU at launch (the CPU tests), when the model's config.json cannot be
+    read without a download, or for a method planning/ does not model (`NOT_PLANNED`)."""
     from planning import deepspeed_settings, plan_run
 
+    if script_args.method in NOT_PLANNED:
+        return None
     if dry_run:
         gpu_gib = script_args.gpu_memory_gib
         accel = load_yaml_mapping(script_args.accelerate_config, "--accelerate_config") \
@@ -399,8 +456,9 @@ def fill_length_kwargs(script_args: RecipeArguments, max_completion_length: int)
 
 
 def check_tokenizer_early(script_args, method_args, model_args, local_only: bool = False):
-    """Tokenizer checks before the model loads, for every method: the think tags survive TRL's decoding, which tokens
-    end a completion (checks/tokenizer.py), then the method's own check (e.g. S-GRPO: `</think>` must be one token).
+    """Tokenizer checks before the model loads, for every method: the think tags survive TRL's decoding (the sampling
+    methods), which tokens end a completion (checks/tokenizer.py), then the method's own check (e.g. S-GRPO:
+    `</think>` must be one token).
     Returns (tokenizer, completion-end info), or None when `local_only` (the dry run) finds a hub tokenizer that is not
     in the local cache: it is never fetched."""
     from transformers import AutoTokenizer, GenerationConfig
@@ -425,7 +483,8 @@ def check_tokenizer_early(script_args, method_args, model_args, local_only: bool
         generation_config = None
     tags = (getattr(method_args, "think_start_token", THINK_START), getattr(method_args, "think_end_token", THINK_END))
     try:
-        check_think_tags(tokenizer, tags)
+        if script_args.method in SAMPLING_METHODS:  # the rewards read decoded completions; DPO decodes nothing
+            check_think_tags(tokenizer, tags)
         end = completion_end_tokens(tokenizer, generation_config,
                                     [script_args.eos_token] if script_args.eos_token else None)
         if check_tokenizer is not None:

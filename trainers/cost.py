@@ -4,7 +4,9 @@ S-GRPO's short exits):
 - `cost/sampled_tokens`: completion tokens the policy generated (every call of TRL's `_generate_single_turn`: for
   S-GRPO the full rollouts and then the exit answers; the exit prompts' shared prefixes are not sampled again);
 - `cost/trained_tokens`: completion tokens that went through the policy's forward and backward (the loss's
-  micro-batches: GFPO `drop` leaves the rejected rows out, S-GRPO's exit rows carry their rollout prefix).
+  micro-batches: GFPO `drop` leaves the rejected rows out, S-GRPO's exit rows carry their rollout prefix). DPO
+  (TRL's DPOTrainer, same `_compute_loss` / `completion_mask` names) samples nothing: its trained tokens are the
+  chosen and rejected completions of its pairs, after `max_length` truncation.
 
 Both are summed over processes and over the step's micro-batches. TRL averages a metric over the logging window,
 so a window's total is its logged value times the steps it covers (`total_cost` does that from the log history).
@@ -25,9 +27,9 @@ class CostAccounting:
             self._cost_sampled = getattr(self, "_cost_sampled", 0) + n
         return completion_ids, logprobs
 
-    def _compute_loss(self, model, inputs):
+    def _compute_loss(self, model, inputs, *args, **kwargs):  # DPOTrainer's takes return_outputs too
         self._cost_trained = getattr(self, "_cost_trained", 0) + int(inputs["completion_mask"].sum())
-        return super()._compute_loss(model, inputs)
+        return super()._compute_loss(model, inputs, *args, **kwargs)
 
     def training_step(self, *args, **kwargs):
         out = super().training_step(*args, **kwargs)
