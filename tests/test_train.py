@@ -40,25 +40,35 @@ def write_recipe(tmp_path, **changes) -> str:
     return str(path)
 
 
-def produced_files(recipe: Path, tiny_model_path) -> list[str]:
+def produced_files(recipe: Path, tiny_model_path, tmp_path) -> list[str]:
     """The dry run checks that local model and data paths exist; the tiny and synthetic recipes point at files an
-    earlier step writes under outputs/ (build_tiny_model.py, synthetic.task): stand-ins with the same shape."""
+    earlier step writes under outputs/ (build_tiny_model.py, synthetic.task, a GFPO run's pairs_output_file):
+    stand-ins with the same shape."""
     keys = yaml.safe_load(recipe.read_text())
     extra = []
     if str(keys.get("model_name_or_path", "")).startswith("outputs/"):
         extra += ["--model_name_or_path", str(tiny_model_path)]
     if str(keys.get("dataset_name", "")).startswith("outputs/"):
-        extra += ["--dataset_name", str(ROOT / "recipes/tiny/data.jsonl")]
+        data = ROOT / "recipes/tiny/data.jsonl"
+        if keys.get("method") == "dpo":
+            data = tmp_path / "pairs.jsonl"
+            data.write_text(json.dumps({"prompt": [{"role": "user", "content": "What is 1 + 2?"}],
+                                        "chosen": [{"role": "assistant", "content": "1+2=3\n</think>\n\n\\boxed{3}"}],
+                                        "rejected": [{"role": "assistant", "content": "1+2=4\n</think>\n\n\\boxed{4}"}]}) + "\n")
+        extra += ["--dataset_name", str(data)]
     return extra
 
 
 @pytest.mark.parametrize("recipe", TRAIN_RECIPES, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
-def test_dry_run_every_recipe(recipe, capsys, tiny_model_path):
+def test_dry_run_every_recipe(recipe, capsys, tiny_model_path, tmp_path):
     assert train.main(["--config", str(recipe), "--dry_run", "--accelerate_config", accelerate_config_for(recipe),
-                       *produced_files(recipe, tiny_model_path)]) is None
+                       *produced_files(recipe, tiny_model_path, tmp_path)]) is None
     plan = json.loads(capsys.readouterr().out)
     batch = plan["batch"]
-    assert batch["generation_batch_completions"] % batch["group_size_G"] == 0
+    if plan["method"] == "dpo":  # pairs, no groups
+        assert batch["sequences_per_optimizer_step"] == 2 * batch["pairs_per_optimizer_step"]
+    else:
+        assert batch["generation_batch_completions"] % batch["group_size_G"] == 0
     assert plan["method"] == yaml.safe_load(recipe.read_text()).get("method", "grpo")
 
 
