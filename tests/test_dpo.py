@@ -65,7 +65,7 @@ def test_dry_run_prints_the_dpo_plan(tmp_path, capsys, no_model_load):
     assert "20 pairs" in plan["dataset_source"]
     assert plan["batch"] == {"processes": 2, "pairs_per_optimizer_step": 16, "sequences_per_optimizer_step": 32,
                              "pairs_in_dataset": 20, "optimizer_steps_per_epoch": 2}
-    assert plan["training"]["learning_rate"] == 1e-5 and plan["training"]["num_train_epochs"] == 1
+    assert plan["training"]["learning_rate"] == 3e-5 and plan["training"]["num_train_epochs"] == 1
     options = plan["dpo_options"]
     assert options["beta"] == 0.1 and options["loss_type"] == ["sigmoid"] and options["max_length"] == 512
     assert plan["memory"]["available"] is False and plan["memory"]["reason"].startswith("not planned for dpo")

@@ -270,25 +270,41 @@ def test_demo_aggregation_hand_computed():
 
 @pytest.mark.slow
 def test_demo_quick_smoke(tmp_path):
-    """`scripts/demo.py --quick` end to end: data, shipped base, train.py per method, evaluate.py, table."""
+    """`scripts/demo.py --quick` end to end: data, shipped base, train.py per method, evaluate.py, table; with the GFPO
+    study's rows and options (--study: pass@8, the hard split, the signal metrics, DPO on gfpo-drop's pairs)."""
     out = tmp_path / "demo"
-    cmd = [sys.executable, "scripts/demo.py", "--quick", "--output_dir", str(out), "--backend", "transformers",
-           "--methods", "grpo,gfpo-shortest-4/16,sgrpo"]
+    study = ["grpo", "gfpo-drop", "gfpo-penalty", "gfpo-stratified", "gfpo-anneal", "gfpo-dpo"]
+    cmd = [sys.executable, "scripts/demo.py", "--quick", "--study", "--output_dir", str(out), "--backend",
+           "transformers", "--methods", ",".join(study + ["sgrpo"])]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "quick" / "report" / "results.json").read_text())
     methods = [r["method"] for r in result["rows"]]
-    assert methods == ["base", "grpo", "gfpo-shortest-4/16", "sgrpo"]
+    assert methods == ["base", *study, "sgrpo"]
     for r in result["rows"]:
-        assert 0 <= r["accuracy"] <= 100 and r["tokens"] > 0 and r["per_seed"][0]["n_samples"] == 8
+        assert 0 <= r["accuracy"] <= 100 and r["tokens"] > 0 and r["per_seed"][0]["n_samples"] == 8 * 8
+        assert r["accuracy"] <= r["pass@2"] <= r["pass@4"] <= r["pass@8"] <= 100  # 8 samples per question
+        assert 0 <= r["hard_accuracy"] <= r["hard_pass@8"] and r["hard_mean_tokens"] > 0
     assert (out / "quick" / "report" / "accuracy_vs_tokens_seeds.png").stat().st_size > 0
-    assert "| grpo | 1 |" in proc.stdout
+    assert "| grpo | 1 |" in proc.stdout and "| gfpo-dpo | " in proc.stdout and "hard pass@8 (%)" in proc.stdout
     rows = {r["method"]: r for r in result["rows"]}
     # what each run cost: GRPO trains what it samples; S-GRPO's exit rows also train their rollout prefixes
     assert rows["grpo"]["sampled_tokens"] == rows["grpo"]["trained_tokens"] > 0
     assert rows["sgrpo"]["trained_tokens"] > rows["sgrpo"]["sampled_tokens"] > 0
-    assert all(rows[m]["train_seconds"] > 0 for m in ("grpo", "gfpo-shortest-4/16", "sgrpo"))
+    assert all(rows[m]["train_seconds"] > 0 for m in (*study, "sgrpo"))
     assert "sampled_tokens" not in rows["base"]
+    # gfpo-drop trains k of G; the DPO stage samples nothing and trains on gfpo-drop's pairs, from its checkpoint
+    drop, dpo = rows["gfpo-drop"], rows["gfpo-dpo"]
+    assert drop["trained_tokens"] < drop["sampled_tokens"]
+    assert dpo["sampled_tokens"] == drop["sampled_tokens"] and dpo["trained_tokens"] > drop["trained_tokens"]
+    pairs = (out / "quick" / "runs" / "gfpo-drop-s0" / "pairs.jsonl").read_text().splitlines()
+    assert pairs and {"prompt", "chosen", "rejected"} <= set(json.loads(pairs[0]))
+    assert "pairs.jsonl" in (out / "quick" / "logs" / "train-gfpo-dpo-s0.log").read_text().splitlines()[0]
+    # the seed analysis's signal metrics: logged by every GFPO row, not by GRPO; drop gives rejected rows nothing
+    for m in study[1:5]:
+        assert 0 <= rows[m]["gfpo/incorrect_no_signal"] <= 1 and "entropy" in rows[m]
+    assert "gfpo/incorrect_no_signal" not in rows["grpo"] and rows["gfpo-drop"]["gfpo/rejected_advantage_mean"] == 0
+    assert rows["gfpo-penalty"]["gfpo/rejected_advantage_mean"] == pytest.approx(-0.1)
 
 
 def test_sgrpo_credit_of_the_recheck_decision():
@@ -396,3 +412,26 @@ def test_hard_split_is_longer_and_disjoint():
     row = out["heldout_hard"][0]
     assert int(row["answer"]) == sum(int(x) for x in row["question"][len("What is "):-1].split(" + "))
     assert hard_split(splits, 25, seed=0, cfg=cfg) == out  # a pure function of its inputs
+
+
+def test_token_drift_roles_of_a_trace():
+    from transformers import AutoTokenizer
+
+    from synthetic.token_drift import line_roles, token_roles
+
+    trace = ("12+34=46\n46+56=102\nTotal: 102\nWait, let me check.\nCheck 12+34=46\nCheck 46+56=102\nTotal: 102\n"
+             "</think>\n\n\\boxed{102}")
+    spans = [(trace[a:b], role) for a, b, role in line_roles(trace)]
+    assert spans[:5] == [("12+34=", "pass operands"), ("46\n", "pass sums"), ("46+56=", "pass operands"),
+                         ("102\n", "pass sums"), ("Total: 102\n", "first total")]
+    assert spans[-2:] == [("Total: 102\n", "later totals"), ("</think>\n\n\\boxed{102}", "answer")]
+    tok = AutoTokenizer.from_pretrained(ROOT / "synthetic" / "base_v4")
+    ids = tok(trace, add_special_tokens=False)["input_ids"]
+    roles = token_roles(tok, ids)
+    decision = roles.index("decision: re-check")
+    assert tok.decode([ids[decision]]) == "Wait" and roles[decision - 1] == "first total"
+    stop = "12+34=46\nTotal: 46\n</think>\n\n\\boxed{46}"
+    ids = tok(stop, add_special_tokens=False)["input_ids"]
+    roles = token_roles(tok, ids)
+    assert roles.count("decision: close") == 1 and "re-check" not in roles
+    assert tok.decode([ids[roles.index("decision: close")]]).startswith("</think>")
