@@ -55,7 +55,7 @@ METHODS = {
     "gfpo-dpo": "gfpo_dpo.yaml",  # method: dpo, on gfpo-drop's pairs, from gfpo-drop's checkpoint of the same seed
 }
 DEFAULT_METHODS = ["grpo", "gfpo-shortest-4/16", "gfpo-token-eff-8/16", "gfpo-adaptive", "sgrpo"]  # the rest: --methods
-STUDY_METHODS = ["grpo", "gfpo-drop", "gfpo-penalty", "gfpo-stratified", "gfpo-anneal", "gfpo-dpo"]
+STUDY_METHODS = ["grpo", "gfpo-drop", "gfpo-penalty", "gfpo-stratified", "gfpo-anneal", "gfpo-dpo", "gfpo-adaptive"]
 # A row trained from another row's run (same seed): it waits for it, and its cost includes it.
 DEPENDS = {"gfpo-dpo": "gfpo-drop"}
 PAIRS_FILE = "pairs.jsonl"
@@ -482,7 +482,10 @@ def main(argv=None) -> dict:
     t_train, n_done = time.time(), {"train": 0, "eval": 0}
     import threading
 
-    trained = {key: threading.Event() for key in runs}
+    trained = {key: threading.Event() for key in runs}  # set when a run's model is there (or its training failed)
+    for key in runs:
+        if key not in to_train:
+            trained[key].set()
 
     def train_then_eval(key):
         # One job per run, its evaluation right after its training: no core waits for the slowest training.
