@@ -520,6 +520,8 @@ def main(argv=None) -> dict:
         cost = read_cost(run_dirs[(label, seed)]) if (label, seed) in run_dirs else {}
         if label in DEPENDS:  # a second stage: what it cost includes the run it starts from
             first = read_cost(run_dirs[(DEPENDS[label], seed)])
+            # DPO's logged entropy is over the pairs' tokens, not the policy's own samples: not comparable
+            cost.pop("entropy", None), cost.pop("entropy_last", None)
             cost.update({k: cost[k] + first[k] for k in ("sampled_tokens", "trained_tokens", "train_seconds")
                          if cost.get(k) is not None and first.get(k) is not None})
         results.setdefault(label, []).append({"seed": seed, **read_eval(ev_dirs[(label, seed)]), **cost})
