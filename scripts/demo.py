@@ -51,6 +51,7 @@ METHODS = {
     "gfpo-drop": "gfpo_shortest.yaml",  # = gfpo-shortest-4/16, exporting its (chosen, rejected) pairs for gfpo-dpo
     "gfpo-penalty": "gfpo_penalty.yaml",
     "gfpo-stratified": "gfpo_stratified.yaml",
+    "gfpo-stratified-0": "gfpo_stratified_delta0.yaml",  # the control: the failure signal without the length push
     "gfpo-anneal": "gfpo_anneal.yaml",
     "gfpo-dpo": "gfpo_dpo.yaml",  # method: dpo, on gfpo-drop's pairs, from gfpo-drop's checkpoint of the same seed
 }
