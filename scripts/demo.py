@@ -56,7 +56,8 @@ METHODS = {
     "gfpo-dpo": "gfpo_dpo.yaml",  # method: dpo, on gfpo-drop's pairs, from gfpo-drop's checkpoint of the same seed
 }
 DEFAULT_METHODS = ["grpo", "gfpo-shortest-4/16", "gfpo-token-eff-8/16", "gfpo-adaptive", "sgrpo"]  # the rest: --methods
-STUDY_METHODS = ["grpo", "gfpo-drop", "gfpo-penalty", "gfpo-stratified", "gfpo-anneal", "gfpo-dpo", "gfpo-adaptive"]
+STUDY_METHODS = ["grpo", "gfpo-drop", "gfpo-penalty", "gfpo-stratified", "gfpo-stratified-0", "gfpo-anneal", "gfpo-dpo",
+                 "gfpo-adaptive"]
 # A row trained from another row's run (same seed): it waits for it, and its cost includes it.
 DEPENDS = {"gfpo-dpo": "gfpo-drop"}
 PAIRS_FILE = "pairs.jsonl"
