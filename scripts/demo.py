@@ -258,14 +258,11 @@ def read_cost(run_dir: Path) -> dict:
     cost = {"sampled_tokens": total_cost(history, "cost/sampled_tokens"),
             "trained_tokens": total_cost(history, "cost/trained_tokens"), "train_seconds": runtime}
     # The seed analysis's per-step questions (trainers/selection.py signal_stats) and the policy's entropy: mean
-    # over the logged steps, and the entropy of the last one.
+    # over the logged steps.
     for key in (*SIGNAL_KEYS, "entropy"):
         values = [h[key] for h in history if isinstance(h.get(key), (int, float)) and h[key] == h[key]]
         if values:
             cost[key] = statistics.fmean(values)
-    entropies = [h["entropy"] for h in history if "entropy" in h]
-    if entropies:
-        cost["entropy_last"] = entropies[-1]
     return cost
 
 
@@ -523,7 +520,7 @@ def main(argv=None) -> dict:
         if label in DEPENDS:  # a second stage: what it cost includes the run it starts from
             first = read_cost(run_dirs[(DEPENDS[label], seed)])
             # DPO's logged entropy is over the pairs' tokens, not the policy's own samples: not comparable
-            cost.pop("entropy", None), cost.pop("entropy_last", None)
+            cost.pop("entropy", None)
             cost.update({k: cost[k] + first[k] for k in ("sampled_tokens", "trained_tokens", "train_seconds")
                          if cost.get(k) is not None and first.get(k) is not None})
         results.setdefault(label, []).append({"seed": seed, **read_eval(ev_dirs[(label, seed)]), **cost})

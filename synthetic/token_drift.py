@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -95,8 +96,8 @@ def drift(base_dir: str, model_dir: str, samples: list[dict]) -> dict:
         for role, a, b in zip(token_roles(tok, ids), lp0.tolist(), lp1.tolist(), strict=True):
             for key in ((bool(s["correct"]), role), ("all", role)):
                 acc[key]["d"].append(b - a)
-                acc[key]["p0"].append(2.718281828 ** a)
-                acc[key]["p1"].append(2.718281828 ** b)
+                acc[key]["p0"].append(math.exp(a))
+                acc[key]["p1"].append(math.exp(b))
     return {key: {"tokens": len(v["d"]), "dlogp": statistics.fmean(v["d"]), "p_base": statistics.fmean(v["p0"]),
                   "p_trained": statistics.fmean(v["p1"])} for key, v in acc.items()}
 
