@@ -92,6 +92,19 @@ class Completion:
     cached_tokens: int = 0  # answer-phase prompt tokens served from the prefix cache (vLLM)
 
 
+def request_limits(prompts: list[list[int]], max_new_tokens: int, window: int | None) -> list[int]:
+    """Each request's token limit: `max_new_tokens`, capped at the model's window minus the request's prompt, so no
+    sample is generated past the positions the model was trained on (vLLM refuses a longer request; transformers
+    would go on silently). A prompt that leaves no room raises a ValueError."""
+    if not window:
+        return [max_new_tokens] * len(prompts)
+    limits = [min(max_new_tokens, window - len(p)) for p in prompts]
+    if limits and min(limits) < 1:
+        raise ValueError(f"a prompt of {max(len(p) for p in prompts)} tokens leaves no room in the model's window of "
+                         f"{window} positions")
+    return limits
+
+
 def _cut_at_stop(ids: list[int], stop: set[int]) -> tuple[list[int], bool]:
     for i, t in enumerate(ids):
         if t in stop:
@@ -137,6 +150,8 @@ def generate_completions(backend: Backend, prompts: list[list[int]], seeds: list
             todo.append((row, ids[: ids.index(think_end_id) + 1], False))
         elif out.finished:  # eos inside the thinking: the model stopped without an answer
             results[row] = Completion(ids, truncated=False)
+        elif len(ids) < budget.value:  # capped by the model's window (request_limits): no room left for an answer
+            results[row] = Completion(ids, truncated=True)
         else:
             if len(ids) != budget.value:
                 raise RuntimeError(f"back-end returned {len(ids)} tokens for a thinking budget of {budget.value}")
@@ -232,8 +247,8 @@ class TransformersBackend:
     """`model.generate` on left-padded batches; sampling by `SeededSampler` (greedy when temperature == 0)."""
 
     def __init__(self, model, pad_token_id: int, temperature: float, top_p: float = 1.0, top_k: int = 0,
-                 batch_size: int = 16):
-        self.model, self.pad_token_id = model, pad_token_id
+                 batch_size: int = 16, window: int | None = None):
+        self.model, self.pad_token_id, self.window = model, pad_token_id, window
         self.temperature, self.top_p, self.top_k, self.batch_size = temperature, top_p, top_k, batch_size
 
     def generate(self, prompts, max_new_tokens, seeds, stop_token_ids, greedy=False, logprobs=False):
@@ -245,10 +260,12 @@ class TransformersBackend:
         device = self.model.device
         for start in range(0, len(prompts), self.batch_size):
             chunk, chunk_seeds = prompts[start : start + self.batch_size], seeds[start : start + self.batch_size]
+            limits = request_limits(chunk, max_new_tokens, self.window)  # a row's positions count its own tokens only
+            max_new_tokens_chunk = max(limits)
             width = max(len(p) for p in chunk)
             input_ids = torch.tensor([[self.pad_token_id] * (width - len(p)) + list(p) for p in chunk], device=device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
-            config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=list(stop),
+            config = GenerationConfig(max_new_tokens=max_new_tokens_chunk, do_sample=False, eos_token_id=list(stop),
                                       pad_token_id=self.pad_token_id)
             sample = self.temperature > 0 and not greedy
             processors = LogitsProcessorList(
@@ -263,7 +280,7 @@ class TransformersBackend:
             lps = (torch.stack(out.logits, 1).float().log_softmax(-1).gather(-1, seqs[:, : len(out.logits)].unsqueeze(-1))
                    .squeeze(-1).tolist() if logprobs else None)
             for r, row in enumerate(seqs.tolist()):
-                ids, finished = _cut_at_stop(row, stop)
+                ids, finished = _cut_at_stop(row[: limits[r]], stop)
                 results.append(GenOutput(ids, finished, logprobs=lps[r][: len(ids)] if lps is not None else None))
         return results
 
@@ -298,6 +315,7 @@ class VLLMBackend:
                  temperature: float = 0.6, top_p: float = 0.95, top_k: int = 0):
         from vllm import LLM
 
+        self.window = max_model_len  # each request's max_tokens is capped at it minus the request's prompt
         self.llm = LLM(model=model, tokenizer=tokenizer or model, revision=revision,
                        tensor_parallel_size=tensor_parallel_size, dtype=dtype, max_model_len=max_model_len,
                        gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
@@ -311,10 +329,11 @@ class VLLMBackend:
         extra = {"top_k": self.top_k} if self.top_k and self.top_k > 0 and not greedy else {}
         if logprobs:
             extra["logprobs"] = 0  # the sampled token's log-prob (the model's raw distribution)
+        limits = request_limits(prompts, max_new_tokens, self.window)
         params = [SamplingParams(n=1, temperature=0.0 if greedy else self.temperature,
-                                 top_p=1.0 if greedy else self.top_p, max_tokens=max_new_tokens,
+                                 top_p=1.0 if greedy else self.top_p, max_tokens=limit,
                                  seed=int(s), stop_token_ids=list(stop_token_ids), detokenize=False, **extra)
-                  for s in seeds]
+                  for s, limit in zip(seeds, limits, strict=True)]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
         results = []
         for out in outs:

@@ -522,17 +522,59 @@ def load_questions_or_explain(args, name: str):
                          f"{spec.name}=<file>. Nothing was generated.") from None
 
 
-def context_needed(args, tokenizer, questions, protocol: Protocol) -> int:
-    """The longest prompt + the longest generation: max_tokens (or the largest budget), and the exit text and
-    answer_max_tokens when a thinking budget or an exit fraction forces an answer after the thought."""
+def context_needed(args, tokenizer, questions, protocol: Protocol) -> tuple[int, int]:
+    """(the longest prompt + the longest generation, the longest prompt): the generation is max_tokens (or the largest
+    budget), and the exit text and answer_max_tokens when a thinking budget or an exit fraction forces an answer after
+    the thought."""
     from benchmarks.evaluation import build_prompt
 
     longest = max((len(build_prompt(tokenizer, q.question, protocol.prompt_template, protocol.system_prompt,
                                     protocol.chat_template_kwargs)[1]) for q in questions), default=0)
     generated = max([args.max_tokens] + [b.value for b in args.budgets if b.value])
-    if args.exit_fraction_list or any(b.kind == "thinking" for b in args.budgets):
-        generated += len(tokenizer.encode(protocol.exit_text, add_special_tokens=False)) + args.answer_max_tokens
-    return longest + generated
+    if args.exit_fraction_list or args.deer_threshold_list or any(b.kind == "thinking" for b in args.budgets):
+        exit_texts = [protocol.exit_text] + ([args.deer_exit_text] if args.deer_threshold_list else [])
+        generated += max(len(tokenizer.encode(t, add_special_tokens=False)) for t in exit_texts) + args.answer_max_tokens
+    return longest + generated, longest
+
+
+_HUGE = 10**8  # transformers' model_max_length when a tokenizer sets none (int(1e30))
+WINDOW_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def model_window(model_path: str, revision: str | None, tokenizer=None) -> tuple[int | None, str]:
+    """The model's context window and where it was read: `max_position_embeddings` (or another positions key) of its
+    config.json, else the tokenizer's `model_max_length`; (None, "") when neither says."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_path, revision=revision)
+        config = getattr(config, "get_text_config", lambda: config)()
+    except (OSError, ValueError):
+        config = None
+    for key in WINDOW_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value, f"{key} in its config.json"
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < _HUGE:
+        return limit, "the tokenizer's model_max_length"
+    return None, ""
+
+
+def fit_window(args, needed: int, longest_prompt: int, window: int | None, source: str) -> tuple[int, str | None]:
+    """(max_model_len, message): the context the run asks for (`--max_model_len`, or the longest prompt + the longest
+    generation), capped at the model's window; the message, one line, says so when the run asks for more. Each
+    request's max_tokens is then capped at max_model_len minus its own prompt (benchmarks.generation.request_limits)."""
+    asked = args.max_model_len or needed
+    if not window or asked <= window:
+        return asked, None
+    what = f"--max_model_len {asked}" if args.max_model_len else \
+        f"the longest prompt ({longest_prompt} tokens) + {needed - longest_prompt} generated tokens = {needed}"
+    room = window - needed + args.max_tokens
+    hint = f"; --max_tokens {room} fits every prompt" if 0 < room < args.max_tokens else ""
+    return window, (f"evaluate.py: {what} exceeds {args.model}'s window of {window} positions ({source}): "
+                    f"max_model_len is {window} and each request's max_tokens is capped at {window} minus its prompt, "
+                    f"so long samples end there as truncated{hint}")
 
 
 def generate(args, out_dir: Path, model_path: str, adapter: str | None, tokenizer_path: str,
@@ -563,8 +605,11 @@ def generate(args, out_dir: Path, model_path: str, adapter: str | None, tokenize
         print(f"evaluate.py: warning: {end['warning']}", file=sys.stderr, flush=True)
     # every benchmark is loaded before the model: a gated or missing dataset (GPQA) fails now, not after the others ran
     questions = {name: load_questions_or_explain(args, name) for name in args.benchmark_list}
-    if args.max_model_len is None:
-        args.max_model_len = context_needed(args, tokenizer, [q for qs in questions.values() for q in qs], protocol)
+    needed, longest = context_needed(args, tokenizer, [q for qs in questions.values() for q in qs], protocol)
+    window, source = model_window(model_path, args.revision, tokenizer)
+    args.max_model_len, message = fit_window(args, needed, longest, window, source)
+    if message:
+        print(message, file=sys.stderr, flush=True)
     if args.backend == "vllm":
         from benchmarks.generation import VLLMBackend
 
@@ -579,7 +624,8 @@ def generate(args, out_dir: Path, model_path: str, adapter: str | None, tokenize
 
         model = load_transformers(model_path, adapter, args.revision, args.dtype)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        backend = TransformersBackend(model, pad, args.temperature, args.top_p, args.top_k, args.batch_size)
+        backend = TransformersBackend(model, pad, args.temperature, args.top_p, args.top_k, args.batch_size,
+                                      window=args.max_model_len)
     gen_stats = {}
     for name in args.benchmark_list:
         key = bench_key(name)

@@ -48,7 +48,7 @@ def test_context_is_longest_prompt_plus_generation(tiny_model_path, tiny_tokeniz
     questions = load_benchmark("gsm8k", path=str(FIX / "gsm8k.jsonl"))
     longest = max(len(build_prompt(tiny_tokenizer, q.question, args.prompt_template)[1]) for q in questions)
     exit_len = len(tiny_tokenizer.encode(args.exit_text, add_special_tokens=False))
-    assert ev.context_needed(args, tiny_tokenizer, questions, protocol) == longest + 100 + exit_len + 7
+    assert ev.context_needed(args, tiny_tokenizer, questions, protocol) == (longest + 100 + exit_len + 7, longest)
 
 
 @pytest.mark.slow
