@@ -34,7 +34,7 @@ from benchmarks.generation import (
     generate_completions,
     sample_seed,
 )
-from benchmarks.registry import Question
+from benchmarks.registry import Question, options_in_text
 from benchmarks.scoring import benchmark_pass_at_k, count_tokens, grade, pass_at_k_ks
 
 DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -146,12 +146,12 @@ def _record(benchmark: str, q: Question, i: int, budget: Budget, seed: int, prom
     """One graded sample; `tail_from` > 0 stores only the ids from there on (an exit's shared prefix left out)."""
     ids = comp.ids[tail_from:]
     text = tokenizer.decode(ids, skip_special_tokens=True)
-    extracted, correct = grade(text, q.answer, q.kind, require_thinking)
+    extracted, correct = grade(text, q.answer, q.kind, require_thinking, q.choices)
     counts = count_tokens(comp.ids, think_end_id, comp.injected_at, comp.injected_len)
     return {"benchmark": benchmark, "question_id": q.id, "sample_index": i, "budget": budget.key, "seed": seed,
             "kind": q.kind, "prompt": prompt, "completion": text, "completion_ids": ids, "extracted": extracted,
             "gold": q.answer, "correct": correct, **asdict(counts), "truncated": comp.truncated,
-            "forced_exit": comp.forced_exit}
+            "forced_exit": comp.forced_exit, **({"choices": list(q.choices)} if q.choices else {})}
 
 
 def run_benchmark(backend: Backend, tokenizer, questions: list[Question], benchmark: str, budgets: list[Budget],
@@ -284,10 +284,12 @@ def eos_token_ids(tokenizer, generation_config=None) -> list[int]:
 
 def regrade_records(records: list[dict], require_thinking: bool = True) -> list[dict]:
     """Grade stored completions again (new grader, new gold) without generating; an exit record's stored tail
-    (exit text + forced answer) grades as its whole completion would."""
+    (exit text + forced answer) grades as its whole completion would. A multiple-choice record's options are its
+    `choices`, or, in a record written before they were stored, the lettered lines of its prompt."""
     out = []
     for r in records:
-        extracted, correct = grade(r["completion"], r["gold"], r.get("kind", "math"), require_thinking)
+        choices = r.get("choices") or (options_in_text(r.get("prompt", "")) if r.get("kind") == "choice" else ())
+        extracted, correct = grade(r["completion"], r["gold"], r.get("kind", "math"), require_thinking, choices)
         out.append({**r, "extracted": extracted, "correct": correct})
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,7 @@ class Question:
     question: str
     answer: str
     kind: str = "math"  # "math" (math-verify) or "choice" (gold is a letter)
+    choices: tuple[str, ...] = ()  # "choice": the option texts in letter order (the grader maps a boxed text back)
 
 
 def normalize_gold(value: Any) -> str:
@@ -40,19 +42,39 @@ def gsm8k_gold(answer: str) -> str:
     return answer.split("####")[-1].strip().replace(",", "")
 
 
-def gpqa_options(row: dict, seed: int, question_id: str) -> tuple[str, str]:
+# What GPQA's question text asks for, after its options: the letter, in the box the prompt template asks for (as
+# DEER's GPQA data, simple-evals and open-r1 ask for the letter explicitly; the wording is ours).
+CHOICE_INSTRUCTION = "Answer with the letter of the correct option ({letters}) in \\boxed{{}}, for example \\boxed{{A}}."
+
+
+def gpqa_options(row: dict, seed: int, question_id: str) -> tuple[str, str, tuple[str, ...]]:
     """GPQA rows hold one correct and three incorrect answers: shuffle them with a per-question seed.
 
     The shuffle depends only on (seed, question id), so every run and every sample sees the same option order
-    and the gold letter is reproducible. Returns (question text with lettered options, gold letter).
+    and the gold letter is reproducible. Options are written `A. text` (DEER's GPQA layout), then the instruction to
+    box the letter (CHOICE_INSTRUCTION). Returns (question text, gold letter, option texts in letter order).
     """
     options = [row["Correct Answer"]] + [row[f"Incorrect Answer {i}"] for i in (1, 2, 3)]
     options = [str(o).strip() for o in options]
     order = list(range(len(options)))
     random.Random(f"{seed}|{question_id}").shuffle(order)
-    lines = [f"({CHOICE_LETTERS[pos]}) {options[src]}" for pos, src in enumerate(order)]
-    gold = CHOICE_LETTERS[order.index(0)]
-    return f"{str(row['Question']).strip()}\n\n" + "\n".join(lines), gold
+    letters = CHOICE_LETTERS[: len(options)]
+    lines = [f"{letters[pos]}. {options[src]}" for pos, src in enumerate(order)]
+    gold = letters[order.index(0)]
+    instruction = CHOICE_INSTRUCTION.format(letters=", ".join(letters[:-1]) + f" or {letters[-1]}")
+    return (f"{str(row['Question']).strip()}\n\n" + "\n".join(lines) + f"\n\n{instruction}", gold,
+            tuple(options[src] for src in order))
+
+
+_OPTION_LINE = re.compile(r"^(?:\(([A-J])\)|([A-J])\.) (.+)$", re.MULTILINE)
+
+
+def options_in_text(text: str) -> tuple[str, ...]:
+    """The option texts of a question or prompt written by `gpqa_options` (`A. text`, or the earlier `(A) text`) in
+    letter order; () unless they run A, B, C, ... without a gap."""
+    found = [(m.group(1) or m.group(2), m.group(3).strip()) for m in _OPTION_LINE.finditer(text)]
+    letters = [letter for letter, _ in found]
+    return tuple(option for _, option in found) if letters and letters == list(CHOICE_LETTERS[: len(letters)]) else ()
 
 
 @dataclass(frozen=True)
@@ -68,8 +90,8 @@ class BenchmarkSpec:
     id_column: str | None = None
     kind: str = "math"
     gold_fn: Callable[[Any], str] = normalize_gold
-    # Custom row -> (question, answer) builder (GPQA's lettered options); overrides the two columns.
-    row_fn: Callable[[dict, int, str], tuple[str, str]] | None = None
+    # Custom row -> (question, answer, choices) builder (GPQA's lettered options); overrides the two columns.
+    row_fn: Callable[[dict, int, str], tuple[str, str, tuple[str, ...]]] | None = None
     display: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
@@ -271,11 +293,12 @@ def load_benchmark(name: str, path: str | None = None, limit: int | None = None,
         if limit and len(questions) >= limit:
             break
         qid = f"{spec.name}-{row[spec.id_column] if spec.id_column else idx}"
+        choices: tuple[str, ...] = ()
         if spec.row_fn:
-            text, gold = spec.row_fn(row, choice_seed, qid)
+            text, gold, choices = spec.row_fn(row, choice_seed, qid)
         else:
             text, gold = str(row[spec.question_column]), spec.gold_fn(row[spec.answer_column])
-        questions.append(Question(qid, text, gold, spec.kind))
+        questions.append(Question(qid, text, gold, spec.kind, choices))
     ids = [q.id for q in questions]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{spec.name}: duplicate question ids in {path or spec.hub_name}")

@@ -1,7 +1,8 @@
 """Grading of one completion against its gold, per-sample token accounting and the pass@k estimator (pure functions).
 
 Math answers go through the project's grader (`rewards.accuracy`: last `\\boxed{}` after `</think>`, compared
-with math-verify); multiple-choice answers (GPQA) are a letter in the last `\\boxed{}` after `</think>`.
+with math-verify); multiple-choice answers (GPQA) are a letter in the last `\\boxed{}` after `</think>`, or an
+option's text or value there, mapped back to its letter.
 """
 
 from __future__ import annotations
@@ -24,22 +25,66 @@ def normalize_choice(content: str | None, letters: str = "ABCD") -> str | None:
     return match.group(1) if match and match.group(1) in letters else None
 
 
-def extract_choice(completion: str, require_thinking: bool = True, letters: str = "ABCD") -> str | None:
-    """The option letter in the last `\\boxed{}` after `</think>` (extraction shared with rewards.accuracy)."""
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def _plain(text: str) -> str:
+    """An option or boxed text compared loosely: `\\text{}`-like wrappers, `$`, LaTeX spaces, whitespace, a final
+    period and case removed."""
+    while _LATEX_WRAPPER.search(text):
+        text = _LATEX_WRAPPER.sub(r"\1", text)
+    return re.sub(r"\\[,;:! ]|[\s$~]", "", text).rstrip(".").lower()
+
+
+def _leading_value(text: str) -> float | None:
+    """The number an option starts with when only a unit or words follow it ("3.2 eV" -> 3.2; "10^{-3} M" -> None)."""
+    plain = _plain(text)
+    match = _NUMBER.match(plain)
+    rest = plain[match.end():] if match else ""
+    return float(match.group()) if match and (not rest or rest[0].isalpha() or rest[0] in "%°µ") else None
+
+
+def choice_letter(content: str | None, choices: tuple[str, ...] | list[str] = (), letters: str = "ABCD") -> str | None:
+    """The option a boxed answer names: the text of exactly one option (`\\boxed{Proton}`, wrappers and spacing
+    aside), else a letter (`normalize_choice`), else a value equal to exactly one option's leading number
+    (`\\boxed{3.2}` for the option "3.2 eV"). `choices` are the option texts in letter order; without them only
+    letters count."""
+    if content is None:
+        return None
+    plain = _plain(content)
+    by_text = [letters[i] for i, option in enumerate(choices[: len(letters)]) if plain and _plain(option) == plain]
+    if len(by_text) == 1:
+        return by_text[0]
+    letter = normalize_choice(content, letters)
+    if letter is not None or not choices:
+        return letter
+    value = _leading_value(content) if _NUMBER.fullmatch(plain or "x") else None
+    by_value = [letters[i] for i, option in enumerate(choices[: len(letters)])
+                if value is not None and _leading_value(option) == value]
+    return by_value[0] if len(by_value) == 1 else None
+
+
+def extract_choice(completion: str, require_thinking: bool = True, letters: str = "ABCD",
+                   choices: tuple[str, ...] | list[str] = ()) -> str | None:
+    """The option letter of the last `\\boxed{}` after `</think>` (extraction shared with rewards.accuracy): a letter,
+    or an option's text or value mapped back to its letter (`choice_letter`)."""
     from rewards.accuracy import extract_answer
 
-    return normalize_choice(extract_answer(completion, require_thinking), letters)
+    return choice_letter(extract_answer(completion, require_thinking), choices, letters)
 
 
-def grade(completion: str, gold: str, kind: str = "math", require_thinking: bool = True) -> tuple[str | None, bool]:
-    """(extracted answer, correct) for one completion. `kind` is "math" or "choice" (gold is a letter).
+def grade(completion: str, gold: str, kind: str = "math", require_thinking: bool = True,
+          choices: tuple[str, ...] | list[str] = ()) -> tuple[str | None, bool]:
+    """(extracted answer, correct) for one completion. `kind` is "math" or "choice" (gold is a letter; `choices` the
+    option texts in letter order).
 
     Math goes to the project's grader (rewards.accuracy: math-verify with a hard timeout). Letters are graded
-    here, a little more leniently than the training reward (`C) 3.2 eV` counts as C), since evaluation of
-    multiple choice should not depend on how much of the option text the model copies into the box.
+    here, more leniently than the training reward (`C) 3.2 eV` counts as C, and so do the option's own text or value
+    in the box), since evaluation of multiple choice should not depend on whether the model boxes the letter or
+    copies the option.
     """
     if kind == "choice":
-        letter = extract_choice(completion, require_thinking)
+        letter = extract_choice(completion, require_thinking, choices=choices)
         return letter, letter is not None and letter == gold.strip().strip("()").upper()
     from rewards.accuracy import extract_answer, is_correct
 

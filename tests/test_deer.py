@@ -165,3 +165,21 @@ def test_evaluate_deer_with_vllm(heldout, tmp_path):
     deer = run["benchmarks"]["heldout"]["budgets"]["deer=0.95"]
     assert deer["n_samples"] == 8 and deer["mean_trials"] > 0 and 0 < deer["exit_rate"] <= 1
     assert deer["mean_trial_tokens"] >= 2 * deer["mean_trials"]  # a trial writes "{" and at least one more token
+
+
+def test_deer_recipe_sends_deer_s_instruction_as_a_system_message(tiny_tokenizer):
+    """recipes/eval/deer.yaml claims DEER's settings: like vllm-deer.py, the instruction is the system message and the
+    user turn is the question alone (issue 28, item 4); GPQA's options are `A. text`, with the letter asked for."""
+    from test_evaluate import FIX, load_script
+
+    from benchmarks.evaluation import build_prompt
+    from benchmarks.registry import load_benchmark
+
+    root = Path(__file__).resolve().parent.parent
+    args = load_script("evaluate").parse_args(["--config", str(root / "recipes/eval/deer.yaml"), "--model", "m"])
+    instruction = "Please reason step by step, and put your final answer within \\boxed{}."
+    assert args.system_prompt == instruction and args.prompt_template == "{question}"
+    question = load_benchmark("gpqa_diamond", path=str(FIX / "gpqa_diamond.jsonl"))[0].question
+    text, _ = build_prompt(tiny_tokenizer, question, args.prompt_template, args.system_prompt)
+    assert text.startswith(f"<|im_start|>system\n{instruction}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>")
+    assert "\nA. " in question and "letter of the correct option" in question

@@ -66,9 +66,13 @@ def test_gpqa_lettered_options_seeded():
     rows = [json.loads(line) for line in (FIX / "gpqa_diamond.jsonl").read_text().splitlines()]
     for q, row in zip(qs, rows, strict=True):
         assert q.kind == "choice" and q.answer in "ABCD"
-        options = [line for line in q.question.splitlines() if line.startswith("(")]
-        assert [o[:3] for o in options] == ["(A)", "(B)", "(C)", "(D)"]
-        assert f"({q.answer}) {row['Correct Answer']}" in options  # gold letter points at the correct answer
+        options = [line for line in q.question.splitlines() if line[:2] in ("A.", "B.", "C.", "D.")]
+        assert [o[:3] for o in options] == ["A. ", "B. ", "C. ", "D. "]  # DEER's layout
+        assert f"{q.answer}. {row['Correct Answer']}" in options  # gold letter points at the correct answer
+        assert q.choices == tuple(o[3:] for o in options) and q.choices["ABCD".index(q.answer)] == row["Correct Answer"]
+        # the question asks for the letter, in the box the prompt template asks for (issue 28, item 2)
+        assert q.question.endswith("Answer with the letter of the correct option (A, B, C or D) in \\boxed{}, for "
+                                   "example \\boxed{A}.")
     again = load_benchmark("gpqa_diamond", path=str(FIX / "gpqa_diamond.jsonl"))
     assert [q.question for q in again] == [q.question for q in qs]  # same seed, same order
     orders = {tuple(q.answer for q in load_benchmark("gpqa", path=str(FIX / "gpqa_diamond.jsonl"), choice_seed=s))
@@ -122,6 +126,32 @@ def test_grade_gpqa_letters(completion, letter):
     assert extracted == letter
     assert correct is (letter == "C")
     assert normalize_choice("(B)") == "B" and normalize_choice("b") is None
+
+
+GPQA_CHOICES = ("Neutron", "3.2 eV", "Proton", "B cells")
+
+
+@pytest.mark.parametrize("boxed,letter", [
+    ("C", "C"), ("Proton", "C"), ("\\text{Proton}", "C"), ("proton.", "C"),   # the option's text, wrappers aside
+    ("3.2 eV", "B"), ("3.2\\,\\text{eV}", "B"), ("3.2", "B"),              # its value, with or without the unit
+    ("B cells", "D"),                                                        # an option text that starts like a letter
+    ("Electron", None), ("4.1", None), ("", None),
+])
+def test_grade_gpqa_option_text_maps_to_its_letter(boxed, letter):
+    """A sample that boxes the option's text or value instead of its letter is graded by the option it names
+    (issue 28, item 2); without the options only letters count, as before."""
+    extracted, correct = grade(f"t</think>\\boxed{{{boxed}}}", "C", "choice", choices=GPQA_CHOICES)
+    assert extracted == letter and correct is (letter == "C")
+
+
+def test_regrade_maps_option_text_from_stored_choices_or_prompt():
+    from benchmarks.evaluation import regrade_records
+
+    record = {"kind": "choice", "gold": "C", "completion": "t</think>\\boxed{Proton}", "correct": False}
+    assert regrade_records([{**record, "choices": list(GPQA_CHOICES)}])[0]["correct"] is True
+    old_prompt = "<|im_start|>user\nWhich?\n\n(A) Neutron\n(B) 3.2 eV\n(C) Proton\n(D) B cells\n<|im_end|>"
+    assert regrade_records([{**record, "prompt": old_prompt}])[0]["correct"] is True  # a record from before choices
+    assert regrade_records([{**record, "prompt": "no options"}])[0]["correct"] is False
 
 
 # ---------------------------------------------------------------- token accounting and pass@1
