@@ -1,7 +1,9 @@
 """Tokenizer checks that train.py and evaluate.py run before any model loads.
 
 - `check_think_tags`: the think tags survive decoding with `skip_special_tokens=True` (how TRL and the evaluator
-  decode); a special `</think>` would hide every answer from the rewards.
+  decode); a special `</think>` would hide every answer from the rewards. It prints first what the loaded tokenizer
+  makes of each tag (`describe_think_tags`: ids, one added token or not, its special flag), so a model whose tags
+  nobody has checked (Phi-4-reasoning) shows them at start.
 - `completion_end_tokens`: which token ids end a completion. TRL 1.16 stops at the tokenizer's eos and every eos of
   the model's generation config (transformers' Trainer adds the tokenizer's to the latter); vLLM does the same from the
   checkpoint's files. The chat template's end-of-turn marker should be among them, and when the three sources
@@ -14,18 +16,46 @@ THINK_START, THINK_END = "<think>", "</think>"
 _PROBE = "\u2063ANSWER\u2063"  # text no template rewrites, to find what the template writes after an assistant turn
 
 
-def check_think_tags(tokenizer, tags=(THINK_START, THINK_END)) -> None:
+def describe_think_tags(tokenizer, tags=(THINK_START, THINK_END)) -> str:
+    """One line on how this tokenizer holds each think tag: its ids, whether it is one added token, and that token's
+    `special` flag, e.g. `'<think>' = [151667] (one added token, special=False)`. Printed at start by the tag check,
+    so a run on a tokenizer nobody has inspected (Phi-4-reasoning's) shows what it found."""
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    special_ids = set(getattr(tokenizer, "all_special_ids", None) or ())
+    parts = []
+    for tag in tags:
+        ids = tokenizer.encode(tag, add_special_tokens=False)
+        if len(ids) == 1 and ids[0] in added:
+            token = added[ids[0]]
+            special = bool(getattr(token, "special", False)) or ids[0] in special_ids
+            how = f"one added token, special={special}"
+        elif len(ids) == 1:
+            how = f"one vocabulary token, special={ids[0] in special_ids}"
+        else:
+            how = f"{len(ids)} tokens {tokenizer.convert_ids_to_tokens(ids)}: plain text, not one token"
+        parts.append(f"{tag!r} = {ids} ({how})")
+    return "; ".join(parts)
+
+
+def check_think_tags(tokenizer, tags=(THINK_START, THINK_END), announce: bool = True) -> str:
     """Raise ValueError when a think tag does not survive decoding with `skip_special_tokens=True`. A tokenizer that
-    does not know a tag at all (a model that does not think) passes: the tag is then plain text."""
+    does not know a tag at all (a model that does not think) passes: the tag is then plain text. Returns
+    `describe_think_tags`, printed to stderr first when `announce` (train.py and evaluate.py run this at start)."""
+    description = describe_think_tags(tokenizer, tags)
+    if announce:
+        import sys
+
+        print(f"[concise-rl] think tags: {description}", file=sys.stderr, flush=True)
     for tag in tags:
         ids = tokenizer.encode(f"a {tag} b", add_special_tokens=False)
         if tag not in tokenizer.decode(ids, skip_special_tokens=True):
             raise ValueError(
-                f"The tokenizer drops {tag!r} when decoding with skip_special_tokens=True (it is registered as a special "
+                f"The tokenizer drops {tag!r} when decoding with skip_special_tokens=True ({description}: it is a special "
                 f"token), so TRL never shows it to the rewards and every answer scores 0. Register it as a normal added "
                 f"token: in tokenizer.json set \"special\": false for {tag!r} and remove it from "
                 f"additional_special_tokens in tokenizer_config.json (in code: tokenizer.add_tokens([{tag!r}], "
                 f"special_tokens=False) on a tokenizer that does not have it yet), as Qwen3 and R1-Distill do.")
+    return description
 
 
 def template_end_of_turn(tokenizer) -> str | None:

@@ -128,6 +128,21 @@ def generation_bias(tok, spec) -> dict:
     return {"sequence_bias": bias} if bias else {}
 
 
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_think_tags_are_printed_at_start(layout, capsys):
+    """The start-up check prints what the loaded tokenizer makes of each think tag (issue 28, item 3): in every layout,
+    Phi-4-reasoning's fixture included, one added, non-special token each. Phi-4-reasoning's real tokenizer was not
+    read: its run prints the same line, and a special tag is refused (test_tokenizer_checks.py)."""
+    from checks.tokenizer import check_think_tags
+
+    tok = build_layout_tokenizer(LAYOUTS[layout])
+    ids = ids_of(tok)
+    line = check_think_tags(tok)
+    assert line == (f"'<think>' = [{ids['start']}] (one added token, special=False); "
+                    f"'</think>' = [{ids['end']}] (one added token, special=False)")
+    assert f"[concise-rl] think tags: {line}" in capsys.readouterr().err
+
+
 METHODS = {"grpo": ("grpo.yaml", "trl", "GRPOTrainer"), "gfpo": ("gfpo-shortest.yaml", "trainers.gfpo", "GFPOTrainer"),
            "sgrpo": ("sgrpo.yaml", "trainers.sgrpo", "SGRPOTrainer")}
 

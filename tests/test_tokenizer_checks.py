@@ -65,6 +65,18 @@ def test_real_templates_end_of_turn(tok, template, marker):
     assert template_end_of_turn(tok) == marker
 
 
+def test_think_tag_description_names_ids_and_flags(tok):
+    """What the start-up line says for a tag that is several tokens (a tag the tokenizer does not hold) and for one
+    registered as special."""
+    from checks.tokenizer import describe_think_tags
+
+    bare_line = describe_think_tags(tok, ("<maybe>",))
+    assert bare_line.startswith("'<maybe>' = [") and "plain text, not one token" in bare_line
+    tok.add_special_tokens({"additional_special_tokens": ["<seal>"]}, replace_extra_special_tokens=False)
+    seal = tok.convert_tokens_to_ids("<seal>")
+    assert describe_think_tags(tok, ("<seal>",)) == f"'<seal>' = [{seal}] (one added token, special=True)"
+
+
 def test_special_think_tag_is_refused(tok):
     tok.add_special_tokens({"additional_special_tokens": ["</think>"]}, replace_extra_special_tokens=False)
     if "</think>" in tok.decode(tok.encode("a </think> b", add_special_tokens=False), skip_special_tokens=True):
