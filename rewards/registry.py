@@ -13,6 +13,7 @@ import inspect
 from rewards.accuracy import AccuracyReward
 from rewards.format import FormatReward
 from rewards.length import CosineReward, LengthPenaltyReward, soft_overlong
+from rewards.truncation import TruncationReward
 
 REWARD_REGISTRY = {
     "accuracy": AccuracyReward,
@@ -20,6 +21,7 @@ REWARD_REGISTRY = {
     "length_penalty": LengthPenaltyReward,
     "cosine": CosineReward,
     "soft_overlong": soft_overlong,
+    "truncation": TruncationReward,  # DLER (arXiv 2510.15110)
 }
 
 

@@ -54,6 +54,8 @@ METHODS = {
     "gfpo-stratified-0": "gfpo_stratified_delta0.yaml",  # the control: the failure signal without the length push
     "gfpo-anneal": "gfpo_anneal.yaml",
     "gfpo-dpo": "gfpo_dpo.yaml",  # method: dpo, on gfpo-drop's pairs, from gfpo-drop's checkpoint of the same seed
+    # DLER (docs/dler.md): truncation at L = 64 tokens, batch normalisation, clip-higher, dynamic sampling. Opt-in.
+    "dler": "dler.yaml",
 }
 DEFAULT_METHODS = ["grpo", "gfpo-shortest-4/16", "gfpo-token-eff-8/16", "gfpo-adaptive", "sgrpo"]  # the rest: --methods
 STUDY_METHODS = ["grpo", "gfpo-drop", "gfpo-penalty", "gfpo-stratified", "gfpo-stratified-0", "gfpo-anneal", "gfpo-dpo",
@@ -214,6 +216,8 @@ def train_cmd(args, method: str, seed: int, base: Path, data: Path, out: Path) -
     task = TASK_OVERRIDES[args.task_version]
     over = {**task["train"], **(task["sgrpo"] if recipe.get("method") == "sgrpo" else {}),
             **SIZES[args.size]["train"]}
+    if recipe.get("method") == "dler":  # its generation limit is its truncation length L: the recipe's, kept
+        over.pop("max_completion_length", None)
     G = recipe["num_generations"]
     if "questions_per_step" in over:
         over["per_device_train_batch_size"] = over.pop("questions_per_step") * G
