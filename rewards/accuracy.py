@@ -12,7 +12,8 @@ answer free to hang a training step. Here:
   the boxed content, with `\\text{}`-like wrappers, parentheses, spaces, `$` and a final period removed, must be
   that same capital letter (so `\\boxed{C}`, `\\boxed{(C)}`, `\\boxed{\\text{C}}` match "C"; `\\boxed{c}` does not);
 - everything else goes to math-verify (LaTeX then plain-expression extraction on `\\boxed{<answer>}`), in a child
-  process with a hard time limit (math_verify_worker.py);
+  process with a hard time limit (math_verify_worker.py), after digit-group separators inside numbers are removed
+  (`1\\,000`, `1{,}000` -> `1000`: parsing.normalize_number_spacing);
 - cheap guards first: an answer longer than MAX_ANSWER_CHARS, nested deeper than MAX_BRACE_DEPTH, or holding an
   invisible character (see has_invisible_chars) is not sent to math-verify. A guarded or timed-out answer scores as wrong, adds to GUARD_COUNTS, logs a warning, and, when TRL
   passes `log_metric`, is reported per call as `rewards/<name>/guarded`.
@@ -25,7 +26,7 @@ from collections import Counter
 from functools import lru_cache
 
 from rewards.math_verify_worker import grade
-from rewards.parsing import brace_depth, completion_text, last_boxed, split_thinking
+from rewards.parsing import brace_depth, completion_text, last_boxed, normalize_number_spacing, split_thinking
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def grade_answer(pred: str | None, gold, timeout_seconds: float = DEFAULT_TIMEOU
         return "too_long"
     if brace_depth(pred) > MAX_BRACE_DEPTH:
         return "too_deep"
-    return _grade_cached(pred, gold, timeout_seconds)
+    return _grade_cached(normalize_number_spacing(pred), normalize_number_spacing(gold), timeout_seconds)
 
 
 # Rewards that need correctness (accuracy, length_penalty, cosine) grade the same answers in one step, and a

@@ -9,10 +9,20 @@ answer as a timeout, and starts a fresh worker on the next call. Inside the work
 main thread, math-verify's own alarms are also on, so most slow cases end there without a kill and restart.
 
 The worker is started lazily, one per process (a fork gets its own), and exits when its stdin closes.
+
+The budget: one answer is two parses (gold, prediction) and up to one `verify` per pair of parsed forms (math-verify
+returns up to two forms each, so up to four). math-verify's alarms are whole seconds (`signal.alarm`), one per step;
+a fixed alarm per step (formerly 1 s each, six steps) could sum past the parent's hard limit (5 s), so a slow but
+valid comparison was killed and scored "timeout". Now the steps share ONE budget, `worker_budget(timeout)` whole
+seconds: each step's alarm is what is left of it, rounded up to a whole second (`StepClock`), and an answer whose steps
+have spent it is a timeout without a kill. Rounding up lets the steps overrun the budget by under a second, so the
+budget is the hard limit less that second and a margin: the alarms always fire before the kill. The hard limit stays
+for what an alarm cannot stop (C-level work).
 """
 
 import atexit
 import json
+import math
 import os
 import select
 import subprocess
@@ -21,6 +31,32 @@ import threading
 import time
 
 STARTUP_TIMEOUT_S = 120.0  # importing sympy + math-verify on a loaded 2-core machine can take several seconds
+HARD_LIMIT_MARGIN_S = 1.0  # between the steps' last possible alarm and the parent's kill (pipes, a step's start)
+
+
+def worker_budget(timeout: float) -> int:
+    """Whole seconds the worker's steps may spend on one answer, together: the hard limit less the last alarm's
+    rounding (< 1 s) and a margin, at least 1 s (under a 3 s hard limit the kill may then come first)."""
+    return max(1, int(timeout - 1.0 - HARD_LIMIT_MARGIN_S))
+
+
+class BudgetSpent(Exception):
+    """The steps of one answer have used the worker's budget."""
+
+
+class StepClock:
+    """One answer's budget, handed out to its steps as whole-second alarms: `alarm()` is the time left, rounded up,
+    so the steps end within the budget + 1 s whatever each takes; raises BudgetSpent once the budget is used."""
+
+    def __init__(self, budget: int, now=time.monotonic):
+        self._now = now
+        self._deadline = now() + budget
+
+    def alarm(self) -> int:
+        left = self._deadline - self._now()
+        if left <= 0:
+            raise BudgetSpent
+        return math.ceil(left)
 
 
 class GraderWorker:
@@ -33,7 +69,7 @@ class GraderWorker:
         self._lock = threading.Lock()
 
     def grade(self, pred: str, gold: str, timeout: float) -> str:
-        request = json.dumps({"pred": pred, "gold": gold, "alarm": max(1, int(timeout / 3))}) + "\n"
+        request = json.dumps({"pred": pred, "gold": gold, "budget": worker_budget(timeout)}) + "\n"
         with self._lock:
             proc = self._ensure_started()
             try:
@@ -97,7 +133,6 @@ def _serve():
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
 
-    from functools import lru_cache
     from itertools import product
 
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
@@ -105,27 +140,38 @@ def _serve():
 
     configs = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
 
-    def parse_boxed(text, alarm):
+    def parse_boxed(text, clock):
         try:
-            return parse(f"\\boxed{{{text}}}", configs, parsing_timeout=alarm, raise_on_error=True)
-        except TimeoutException:
+            return parse(f"\\boxed{{{text}}}", configs, parsing_timeout=clock.alarm(), raise_on_error=True)
+        except (TimeoutException, BudgetSpent):
             raise
         except Exception:
             return []
 
-    parse_gold = lru_cache(maxsize=4096)(parse_boxed)  # the G completions of a group share one gold answer
+    gold_cache: dict = {}  # the G completions of a group share one gold answer (a timed-out parse is not kept)
 
-    def grade_one(pred, gold, alarm):
-        gold_parsed, pred_parsed = parse_gold(gold, alarm), parse_boxed(pred, alarm)
+    def parse_gold(gold, clock):
+        if gold not in gold_cache:
+            if len(gold_cache) >= 4096:
+                gold_cache.clear()
+            gold_cache[gold] = parse_boxed(gold, clock)
+        return gold_cache[gold]
+
+    def grade_one(pred, gold, budget):
+        clock = StepClock(budget)
+        gold_parsed = parse_gold(gold, clock)
         if not gold_parsed:  # math-verify cannot read the gold answer: fall back to exact text
             return "correct" if pred.strip() == gold.strip() else "wrong"
+        pred_parsed = parse_boxed(pred, clock)
         timed_out = False
         for g, p in product(gold_parsed, pred_parsed):  # verify() per pair, so one failing pair cannot hide another
             try:
-                if verify(g, p, timeout_seconds=alarm, raise_on_error=True):
+                if verify(g, p, timeout_seconds=clock.alarm(), raise_on_error=True):
                     return "correct"
             except TimeoutException:
                 timed_out = True
+            except BudgetSpent:
+                return "timeout"
             except Exception:
                 pass
         return "timeout" if timed_out else "wrong"
@@ -135,8 +181,8 @@ def _serve():
     for line in sys.stdin:
         request = json.loads(line)
         try:
-            status = grade_one(request["pred"], request["gold"], request["alarm"])
-        except TimeoutException:
+            status = grade_one(request["pred"], request["gold"], request["budget"])
+        except (TimeoutException, BudgetSpent):
             status = "timeout"
         except Exception:
             status = "wrong"

@@ -75,3 +75,14 @@ def brace_depth(text: str) -> int:
         deepest = max(deepest, depth)
     return deepest
 
+
+
+# A LaTeX space (`\,` thin, `\!` negative thin, `\;` `\:` medium, `\ `, `~`) or a braced comma `{,}` between a digit
+# and a group of exactly three digits: a thousands separator, as in `1\,000` or `1{,}000\,000`.
+_DIGIT_GROUP_SPACE = re.compile(r"(?<=\d)(?:\\[,!;: ]|~|\{,\})(?=\d{3}(?!\d))")
+
+
+def normalize_number_spacing(text: str) -> str:
+    """Digit-group separators inside numbers removed (`\\boxed{1\\,000}` reads as 1000, which math-verify alone grades
+    wrong against `1000`); a separator not followed by exactly three digits (`3{,}14`, a decimal comma) is kept."""
+    return _DIGIT_GROUP_SPACE.sub("", text)

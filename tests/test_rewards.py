@@ -86,6 +86,12 @@ def test_extract_answer_only_after_think():
         (r"\boxed{42} no wait, \boxed{41}", "42", False),
         (r"\boxed{\frac{}{}\sqrt[}", "42", False),  # unparseable
         ("The answer is 42.", "42", False),  # no box
+        (r"\boxed{1\,000}", "1000", True),  # LaTeX thin spaces in numbers (issue 28, item 5)
+        (r"\boxed{1\;000\!000}", "1000000", True),
+        (r"\boxed{1{,}000\,000}", "1000000", True),
+        (r"\boxed{1000}", r"1\,000", True),  # in the gold too
+        (r"\boxed{1\,000}", "100", False),
+        (r"\boxed{3{,}14}", "314", False),  # a decimal comma is not a digit-group separator
     ],
 )
 def test_is_correct(answer_text, gold, expected):
@@ -162,6 +168,38 @@ def test_grading_worker_hard_timeout_kills_and_restarts():
         assert worker._proc is None
         assert worker.grade(r"\frac{1}{2}", "0.5", timeout=30) == "correct"
         assert worker._proc.pid != first_pid
+    finally:
+        worker.close()
+
+
+def test_grader_steps_share_one_budget_below_the_hard_limit():
+    """Two parses and up to four verify calls, each with a whole-second alarm: their alarms together stay within the
+    worker's budget, which is below the parent's hard limit (issue 28, item 5: six 1 s alarms against a 5 s kill)."""
+    from rewards.math_verify_worker import BudgetSpent, StepClock, worker_budget
+
+    for timeout in (3.0, 5.0, 10.0, 30.0):
+        budget = worker_budget(timeout)
+        for head_start in (0.0, 0.001, 0.5, 0.999):  # a fast step first, then every step runs until its alarm
+            now = [head_start]
+            clock = StepClock(budget, now=lambda now=now: now[0])
+            now[0] += head_start
+            for _step in range(6):
+                try:
+                    now[0] += clock.alarm()
+                except BudgetSpent:
+                    break
+            assert now[0] - head_start < budget + 1 <= timeout - 1.0  # the last alarm fires >= 1 s before the kill
+    assert worker_budget(5.0) == 3 and worker_budget(0.5) == 1
+    fresh = StepClock(3, now=lambda: 0.0)
+    assert [fresh.alarm() for _ in range(6)] == [3] * 6  # fast steps leave the whole budget to the next one
+
+
+def test_grading_worker_uses_its_budget_then_answers():
+    worker = GraderWorker()
+    try:
+        assert worker.grade(r"1\,000", "1000", timeout=5) == "wrong"  # the worker itself grades raw text
+        assert worker.grade("1000", "1000", timeout=5) == "correct"
+        assert worker.grade(r"\frac{1}{2}", "0.5", timeout=1.5) == "correct"  # a budget of 1 s still grades
     finally:
         worker.close()
 
