@@ -30,6 +30,7 @@ from accelerate.utils import gather_object
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 
+from trainers import early_stop as es
 from trainers import selection as sel
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,33 @@ class GFPOConfig(GRPOConfig):
             "dapo/cispo/vespo loss. 'retained': count only the retained tokens (a larger effective step)."
         },
     )
+    gfpo_early_stop: bool = field(
+        default=True,
+        metadata={
+            "help": "Stop a rollout as soon as it can no longer be retained: with filter_metric 'length', a fixed or "
+            "annealed k and rejection_mode 'drop', a running response is stopped once k finished members of its group "
+            "are shorter than it can end (ties to the earlier position, as the selection breaks them). Exact: the "
+            "retained set, and on transformers generation the retained tokens bit for bit, are those of the full "
+            "rollout (trainers/early_stop.py). Elsewhere it is off with a one-line logged reason."
+        },
+    )
+    gfpo_early_stop_normalizer: str = field(
+        default="sampled",
+        metadata={
+            "help": "With early stop and drop_loss_normalizer='group': which length a stopped row adds to the DAPO "
+            "normaliser 1/sum_{i<=G}|o_i|. 'sampled': its sampled tokens (a lower bound of its full length, so the "
+            "normaliser is at most the paper's and the step at least the paper's); 'max_length': "
+            "max_completion_length (an upper bound: a step at most the paper's). The paper's lies between the two."
+        },
+    )
+    gfpo_request_seeds: bool = field(
+        default=False,
+        metadata={
+            "help": "vLLM colocate: give every request its own seed (from seed, step and row), so its samples do not "
+            "depend on which other requests run beside it; then a run with early stop samples the retained responses "
+            "of the run without it, where vLLM's logits are batch-invariant. Off: the engine's shared generator."
+        },
+    )
     adaptive_difficulty: bool = field(
         default=False,
         metadata={
@@ -181,6 +209,10 @@ class GFPOConfig(GRPOConfig):
             raise ValueError(f"stratified_delta={self.stratified_delta} must be >= 0.")
         if self.drop_loss_normalizer not in ("group", "retained"):
             raise ValueError(f"drop_loss_normalizer={self.drop_loss_normalizer!r}: use 'group' or 'retained'.")
+        if self.gfpo_early_stop_normalizer not in ("sampled", "max_length"):
+            raise ValueError(
+                f"gfpo_early_stop_normalizer={self.gfpo_early_stop_normalizer!r}: use 'sampled' or 'max_length'."
+            )
         if self.scale_rewards not in ("group", "none"):
             raise ValueError(
                 f"scale_rewards={self.scale_rewards!r}: GFPO normalises inside each retained set; use 'group' "
@@ -287,6 +319,107 @@ class GFPOTrainer(GRPOTrainer):
         # Which reward says "correct" for the signal metrics: the one named accuracy (rewards/accuracy.py), if any.
         names = [str(n).lower() for n in self.reward_func_names]
         self._gfpo_accuracy_column = names.index("accuracy") if "accuracy" in names else None
+        self._gfpo_init_early_stop(group_filter_func)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Early stop of rejected rollouts (trainers/early_stop.py)
+    # ---------------------------------------------------------------------------------------------------------
+    def _gfpo_init_early_stop(self, group_filter_func) -> None:
+        args = self.args
+        kw = dict(group_filter_func=group_filter_func, rollout_func=self.rollout_func, tools=self.tools)
+        reason = es.support_reason(args, **kw)
+        # "Eligible": the rule would be exact here. Then a run with gfpo_early_stop false samples through the same
+        # seeding as one with it, so the two can be compared (transformers: a per-call seed; vLLM: request seeds).
+        self._gfpo_es_eligible = es.support_reason(args, check_flag=False, **kw) is None
+        self._gfpo_es_active = reason is None
+        self._gfpo_es_reason = reason
+        self._gfpo_es_call: dict | None = None
+        self._gfpo_es_stopped: list[bool] | None = None
+        self._gfpo_gen_calls = 0
+        if reason is not None and reason != es.REASONS["disabled"]:
+            logger.warning("GFPO early stop is off: %s", reason)
+        if self._gfpo_es_eligible and args.use_vllm and args.vllm_mode == "colocate":
+            llm = self.vllm_generation.llm
+            llm.generate = self._gfpo_wrap_llm_generate(llm, llm.generate)
+
+    def _gfpo_wrap_llm_generate(self, llm, original):
+        def generate(prompts, sampling_params=None, **kwargs):
+            call = self._gfpo_es_call
+            if call is None or not (call["active"] or self.args.gfpo_request_seeds):
+                return original(prompts, sampling_params=sampling_params, **kwargs)
+            n_rows, tp = len(prompts), call["tp"]
+            pi = self.accelerator.process_index
+            offset = (pi // tp) * n_rows  # TRL gathers the prompts of a tensor-parallel group in rank order
+            layout = es.GroupLayout(offset, n_rows, self.num_generations, call["k"]) if call["active"] else None
+            seeds = None
+            if self.args.gfpo_request_seeds:
+                seeds = es.request_seeds(self.args.seed, self._gfpo_step(), call["index"], offset, n_rows)
+            outputs, stopped = es.generate_with_early_stop(
+                llm, prompts, sampling_params, layout, self.eos_token_ids[0], seeds
+            )
+            n_local = call["n_local"]
+            local = pi % tp
+            self._gfpo_es_stopped = stopped[local * n_local : (local + 1) * n_local]
+            return outputs
+
+        return generate
+
+    def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+        self._gfpo_es_stopped = None
+        if not (self.model.training and self._gfpo_es_eligible):
+            return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+        self._gfpo_gen_calls += 1
+        n_local, k = len(prompt_ids), self.current_k()
+        if self.use_vllm:
+            tp = self.vllm_generation.tensor_parallel_size
+            self._gfpo_es_call = dict(active=self._gfpo_es_active, k=k, n_local=n_local, tp=tp,
+                                      index=self._gfpo_gen_calls)
+            try:
+                return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+            finally:
+                self._gfpo_es_call = None
+        # transformers: sample from a seed drawn once from the global generator, so the global stream after the call
+        # does not depend on how many steps generation ran (early stop ends it sooner).
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        device = self.accelerator.device
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.random.default_generator.manual_seed(seed)
+            if cuda:
+                torch.cuda.manual_seed(seed)
+            if not self._gfpo_es_active:
+                return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+            layout = es.GroupLayout(self.accelerator.process_index * n_local, n_local, self.num_generations, k)
+            processor = es.EarlyStopLogitsProcessor(layout, self.eos_token_ids)
+            model = self.accelerator.unwrap_model(self.model_wrapped)
+            original = model.generate
+            had_own = "generate" in model.__dict__
+
+            def generate(*g_args, **g_kwargs):
+                from transformers import LogitsProcessorList
+
+                g_kwargs["logits_processor"] = LogitsProcessorList([*(g_kwargs.get("logits_processor") or []),
+                                                                    processor])
+                return original(*g_args, **g_kwargs)
+
+            model.generate = generate
+            try:
+                result = super()._generate_single_turn(prompt_ids, *args, **kwargs)
+            finally:
+                if had_own:
+                    model.generate = original
+                else:
+                    del model.generate
+            if processor.stopped is not None:
+                self._gfpo_es_stopped = processor.stopped.cpu().tolist()
+            return result
+
+    def sampled_token_count(self, completion_ids) -> int:
+        """Tokens generated (trainers/cost.py): a row stopped under vLLM did not sample its forced EOS."""
+        n = sum(len(ids) for ids in completion_ids)
+        if self.use_vllm and self._gfpo_es_stopped is not None:
+            n -= sum(self._gfpo_es_stopped)
+        return n
 
     # ---------------------------------------------------------------------------------------------------------
     # Schedules
@@ -328,10 +461,19 @@ class GFPOTrainer(GRPOTrainer):
         self._gfpo_capture["lengths"] = lengths
         self._gfpo_capture["n_local"] = len(local)
         self._gfpo_presel_keep = None
+        stopped_local = self._gfpo_es_stopped
+        if self._gfpo_es_eligible:
+            flags = stopped_local if stopped_local is not None else [False] * len(local)
+            stopped = self.accelerator.gather(torch.tensor(flags, device=device, dtype=torch.bool))
+            self._gfpo_capture["early_stopped"] = stopped.cpu()
+            self._gfpo_capture["early_stopped_local"] = list(flags)
         if self.args.rejection_mode == "drop" and self._selection_known_before_rewards():
             G = self.num_generations
             scores = sel.metric_scores(self.metric_weights, torch.zeros(lengths.numel()), lengths.float().cpu(), G)
             retained, _ = sel.topk_retained_mask(scores, self.current_k())
+            stopped = self._gfpo_capture.get("early_stopped")
+            if stopped is not None and (retained.reshape(-1) & stopped).any():
+                raise RuntimeError("GFPO: an early-stopped row was retained; the stop rule is wrong (report this bug).")
             # Equal row counts on every rank (ZeRO-3). A rank with no retained row scores from row 0, which its
             # padding rows copy, so they get real log-probs.
             keep = sel.local_scoring_rows(retained, self.accelerator.process_index, self.accelerator.num_processes)
@@ -366,6 +508,13 @@ class GFPOTrainer(GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         if self.model.training:
+            stopped = self._gfpo_capture.get("early_stopped")
+            if stopped is not None:
+                # A stopped row's text is cut: its reward enters no statistic (TRL's unscorable row: NaN, excluded
+                # from the logged rewards, advantage 0; it is rejected and dropped anyway).
+                rewards_per_func = rewards_per_func.clone()
+                rewards_per_func[stopped.to(rewards_per_func.device)] = float("nan")
+                self._log_completion_extra("gfpo_early_stopped", self._gfpo_capture["early_stopped_local"])
             self._gfpo_capture["rewards_per_func"] = rewards_per_func
             if self._gfpo_needs_text:
                 self._gfpo_capture["completions"] = gather_object(list(completions))
@@ -494,6 +643,19 @@ class GFPOTrainer(GRPOTrainer):
                 metrics[f"gfpo/{name}"].append(value)
         if "skipped_logp_rows" in cap:
             metrics["gfpo/skipped_logprob_rows"].append(float(cap["skipped_logp_rows"]))
+        stopped = cap.get("early_stopped")
+        if stopped is not None:
+            stopped_lengths = lengths[stopped].long()
+            metrics["gfpo/early_stopped"].append(float(stopped.sum()))
+            metrics["gfpo/early_stopped_fraction"].append(float(stopped.float().mean()))
+            # The full lengths of stopped rows are unknown: what they sampled, and the most they could have saved.
+            metrics["gfpo/early_stopped_tokens"].append(float(stopped_lengths.sum()))
+            metrics["gfpo/tokens_saved_max"].append(float((args.max_completion_length - stopped_lengths).sum()))
+            if args.rejection_mode == "drop" and args.drop_loss_normalizer == "group" and stopped.any() and (
+                args.gfpo_early_stop_normalizer == "max_length"
+            ):
+                extra = float((args.max_completion_length - stopped_lengths).clamp(min=0).sum())
+                output["num_items_in_batch"] = output["num_items_in_batch"] + extra
 
         # The completions table shows GFPO's advantages, not GRPO's.
         logged = self._logs["advantages"]
@@ -512,6 +674,7 @@ class GFPOTrainer(GRPOTrainer):
             "k": torch.as_tensor(k).clone(),
             "bucket": None if bucket is None else bucket.clone(),
             "zero_std": zero_std.clone(),
+            "early_stopped": None if stopped is None else stopped.view(-1, G).clone(),
         }
 
         pi = self.accelerator.process_index
@@ -559,10 +722,32 @@ class GFPOTrainer(GRPOTrainer):
             if new.get(key) is not None:
                 new[key] = new[key].masked_fill(pad_rows.unsqueeze(1), 0)
         new["advantages"] = new["advantages"].masked_fill(pad_rows, 0.0)
+        new = self._gfpo_trim_completion_width(new)
         self._metrics["train"]["gfpo/drop_padding_rows"].append(
             float(self.accelerator.gather(torch.tensor([n_pad], device=keep.device)).float().mean())
         )
         return new
+
+    _PER_TOKEN_KEYS = ("completion_ids", "completion_mask", "tool_mask", "old_per_token_logps", "ref_per_token_logps",
+                       "sampling_per_token_logps", "importance_sampling_ratio")
+
+    def _gfpo_trim_completion_width(self, batch: dict) -> dict:
+        """Cut the completion columns that no kept row uses (the dropped rows were the longest ones): the loss's
+        forward then runs on the retained rows' width, the same with or without early stop. Every rank keeps its own
+        width (the loss is a per-rank forward); kept only for text batches whose per-token tensors are all known."""
+        if any(k in batch for k in ("token_type_ids", "mm_token_type_ids")):
+            return batch
+        mask = batch["completion_mask"]
+        width = mask.size(1)
+        used = mask.bool().any(dim=0).nonzero()
+        keep = max(int(used[-1]) + 1 if used.numel() else 1, 1)
+        if keep >= width:
+            return batch
+        for key in self._PER_TOKEN_KEYS:
+            value = batch.get(key)
+            if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.size(1) == width:
+                batch[key] = value[:, :keep].contiguous()
+        return batch
 
     def _gfpo_write_pairs(self, R, rank, retained):
         G = self.num_generations

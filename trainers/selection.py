@@ -423,3 +423,35 @@ def local_scoring_rows(retained: torch.Tensor, rank: int, world: int) -> torch.T
     rejected = (~keep).nonzero().squeeze(1)
     keep[rejected[: target - int(keep.sum())]] = True
     return keep
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Early stop of rejected rollouts (length metric)
+# --------------------------------------------------------------------------------------------------------------
+def early_stop_mask(
+    lengths: torch.Tensor, finished: torch.Tensor, running: torch.Tensor, k: int | torch.Tensor
+) -> torch.Tensor:
+    """Running responses that the ``length`` metric is certain to reject, whatever they write next: (B, G) bool.
+
+    ``lengths`` (B, G): tokens generated so far (running rows) or the final length (finished rows); ``finished``:
+    the response has ended (EOS, or ``max_completion_length``) and its length is final; ``running``: still being
+    generated (rows that are neither, e.g. a group member on another rank or a row already stopped, are ignored).
+    A running row with n tokens and no end yet will have a final length of at least ``b = n + 1``. A finished row
+    j beats it for sure when ``L_j < b``, or ``L_j == b`` and j comes first in the group: ``topk_retained_mask``
+    keeps the earlier of equal lengths, so j is ahead whether the row ends at b or later. With k or more such
+    finished rows the row can never be among the k retained. Stopping it there and recording it with length b (its
+    n tokens and a forced EOS) keeps it behind the same k rows, and every retained row is no longer than the k-th
+    of them, so the retained set is the one the full rollout gives: the rule is exact for ``length`` with a fixed k.
+    A row tied at b with a LATER finished row is not stopped: if it ended at b it would be kept before that row.
+    """
+    lengths = lengths.long()
+    finished, running = finished.bool(), running.bool() & ~finished.bool()
+    B, G = lengths.shape
+    bound = (lengths + 1).unsqueeze(1)  # (B, 1, G): the running row i's lower bound
+    lj = lengths.unsqueeze(2)  # (B, G, 1): the finished row j's length
+    pos = torch.arange(G, device=lengths.device)
+    earlier = (pos.view(G, 1) < pos.view(1, G)).unsqueeze(0)  # [j, i]: j before i
+    beats = finished.unsqueeze(2) & ((lj < bound) | ((lj == bound) & earlier))
+    k_t = torch.as_tensor(k, device=lengths.device).reshape(-1)
+    k_t = k_t.expand(B) if k_t.numel() == 1 else k_t
+    return running & (beats.sum(dim=1) >= k_t.unsqueeze(1))
