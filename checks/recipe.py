@@ -50,11 +50,12 @@ METHODS = {
     "grpo": ("trl", "GRPOConfig", "GRPOTrainer"),
     "gfpo": ("trainers.gfpo", "GFPOConfig", "GFPOTrainer"),
     "sgrpo": ("trainers.sgrpo", "SGRPOConfig", "SGRPOTrainer"),
+    "dler": ("trainers.dler", "DLERConfig", "DLERTrainer"),  # arXiv 2510.15110: truncation + dynamic sampling
     "dpo": ("trl", "DPOConfig", "DPOTrainer"),  # offline, on preference pairs (e.g. GFPO's pairs_output_file)
 }
 # Methods that sample groups of completions and score them with rewards (GRPOConfig subclasses); the others train on
 # a fixed dataset, and the recipe keys that build GRPO's prompts and rewards mean nothing to them.
-SAMPLING_METHODS = ("grpo", "gfpo", "sgrpo")
+SAMPLING_METHODS = ("grpo", "gfpo", "sgrpo", "dler")
 SAMPLING_ONLY_KEYS = ("question_column", "answer_column", "system_prompt", "prompt_template", "reward_funcs",
                       "reward_kwargs")
 # Why the memory, time and volume plan (planning/) is not computed for a method.
@@ -146,17 +147,36 @@ def check_keys(recipe: dict, dataclass_types, source: str) -> None:
             raise RecipeError(f"{source}: unknown key `{key}`.{hint} Remove it or fix its name.")
 
 
-def num_processes_for(script_args: RecipeArguments) -> int:
-    """The process count: --num_processes, else the accelerate config's (which must exist and parse), else
-    WORLD_SIZE. The accelerate config is checked even when --num_processes overrides it."""
+def num_processes_for(script_args: RecipeArguments, warn: bool = False) -> int:
+    """The process count the batch and memory plans are computed for.
+
+    A dry run plans the launch the recipe names: --num_processes, else its accelerate config's (the recipe's own
+    `accelerate_config` key, or --accelerate_config; it must exist and parse), else WORLD_SIZE (1). At launch the
+    launcher decides: WORLD_SIZE (1 without one), with a warning when the recipe names another count."""
     from_config = None
     if script_args.accelerate_config:
         from_config = check_accelerate_config(script_args.accelerate_config, "--accelerate_config")
-    if script_args.num_processes:
-        return script_args.num_processes
-    if from_config is not None:
-        return from_config
-    return int(os.environ.get("WORLD_SIZE", 1))
+    named = script_args.num_processes or from_config
+    if not script_args.dry_run:
+        launched = int(os.environ.get("WORLD_SIZE", 1))
+        if warn and named and named != launched and int(os.environ.get("RANK", 0)) == 0:
+            print(f"train.py: warning: the recipe is written for {named} processes "
+                  f"({script_args.accelerate_config or '--num_processes'}) and this launch has {launched}: the batch "
+                  f"per optimizer step scales with the process count; scale gradient_accumulation_steps by "
+                  f"{named}/{launched} to keep the recipe's batch.", file=sys.stderr, flush=True)
+        return launched
+    return named or int(os.environ.get("WORLD_SIZE", 1))
+
+
+def launch_for(script_args: RecipeArguments) -> dict:
+    """The launch a plan is computed for, in words, for the dry run's output: which accelerate config, how many
+    processes, and where each came from."""
+    return {"accelerate_config": script_args.accelerate_config,
+            "processes": num_processes_for(script_args),
+            "source": ("--num_processes" if script_args.num_processes else
+                       "the recipe's / command line's accelerate_config" if script_args.accelerate_config else
+                       "none named: one process without DeepSpeed (WORLD_SIZE)") if script_args.dry_run else
+                      "the launcher (WORLD_SIZE)"}
 
 
 def batch_plan(per_device: int, num_processes: int, grad_accum: int, num_generations: int,
@@ -282,7 +302,11 @@ def precheck_batch(recipe: dict, config_cls, argv: list[str]) -> None:
 
     accel = value("accelerate_config") if "accelerate_config" in recipe or "--accelerate_config" in argv else None
     procs = value("num_processes") if "num_processes" in recipe or "--num_processes" in argv else None
-    n = num_processes_for(RecipeArguments(accelerate_config=accel, num_processes=int(procs) if procs else None))
+    dry = str(value("dry_run")).lower() in ("true", "1", "yes") if "--dry_run" not in argv else (
+        argv.index("--dry_run") + 1 >= len(argv) or argv[argv.index("--dry_run") + 1].startswith("--")
+        or argv[argv.index("--dry_run") + 1].lower() in ("true", "1", "yes"))
+    n = num_processes_for(RecipeArguments(accelerate_config=accel, num_processes=int(procs) if procs else None,
+                                          dry_run=dry))
     as_int = lambda v: None if v in (None, "None", "null") else int(v)  # noqa: E731
     batch_plan(
         per_device=int(value("per_device_train_batch_size")),
@@ -309,6 +333,7 @@ def validate(script_args: RecipeArguments, method_args, model_args) -> tuple[dic
         raise RecipeError("`prompt_template` must contain '{question}', where the question is inserted.")
     fill_length_kwargs(script_args, method_args.max_completion_length)
     check_non_thinking(script_args, method_args)
+    check_packing_kernel(script_args, method_args, model_args)
     try:
         validate_reward_names(script_args.reward_funcs, script_args.reward_kwargs)
     except ValueError as e:
@@ -329,7 +354,7 @@ def validate(script_args: RecipeArguments, method_args, model_args) -> tuple[dic
         raise RecipeError("Nothing to train: set `max_steps` >= 1 or `num_train_epochs` > 0.")
     plan = batch_plan(
         per_device=method_args.per_device_train_batch_size,
-        num_processes=num_processes_for(script_args),
+        num_processes=num_processes_for(script_args, warn=True),
         grad_accum=method_args.gradient_accumulation_steps,
         num_generations=method_args.num_generations,
         # GRPOConfig.__post_init__ filled both from one of them; recover which one the recipe meant.
@@ -377,8 +402,10 @@ def resource_plan(script_args, method_args, model_args, batch: dict, dry_run: bo
 
     if script_args.method in NOT_PLANNED:
         return None
+    from planning.memory import reported_total
+
     if dry_run:
-        gpu_gib = script_args.gpu_memory_gib
+        gpu_gib, gpu_source = reported_total(script_args.gpu_memory_gib)
         accel = load_yaml_mapping(script_args.accelerate_config, "--accelerate_config") \
             if script_args.accelerate_config else None
         launch = deepspeed_settings(accel, method_args.deepspeed, env={} if accel is not None else None)
@@ -387,9 +414,13 @@ def resource_plan(script_args, method_args, model_args, batch: dict, dry_run: bo
 
         if not torch.cuda.is_available():
             return None
-        gpu_gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+        gpu_gib = round(torch.cuda.mem_get_info()[1] / 2**30, 2)  # what vLLM takes its share of
+        gpu_source = f"{torch.cuda.get_device_name()}: reports {gpu_gib} GiB (torch.cuda.mem_get_info)"
         launch = deepspeed_settings(None, method_args.deepspeed)
-    return plan_run(script_args.method, method_args, model_args, batch, gpu_gib, launch)
+    plan = plan_run(script_args.method, method_args, model_args, batch, gpu_gib, launch)
+    if plan is not None:
+        plan["memory"]["gpu"] = gpu_source
+    return plan
 
 
 def check_plan(script_args, resources: dict | None) -> None:
@@ -401,7 +432,7 @@ def check_plan(script_args, resources: dict | None) -> None:
     memory = resources["memory"]
     if memory["fits"]:
         return
-    line = f"the memory plan does not fit a {memory['gpu_memory_gib']:.0f} GiB GPU: {memory['fix']}."
+    line = f"the memory plan does not fit a GPU that reports {memory['gpu_memory_gib']:g} GiB: {memory['fix']}."
     if not script_args.check_memory:
         print(f"train.py: warning: {line} (check_memory: false, going on)", file=sys.stderr, flush=True)
         return
@@ -444,11 +475,29 @@ def check_non_thinking(script_args: RecipeArguments, method_args) -> None:
             script_args.reward_kwargs.setdefault(name, {}).setdefault("require_thinking", False)
 
 
+def check_packing_kernel(script_args: RecipeArguments, method_args, model_args) -> None:
+    """S-GRPO's packed serial groups need an attention kernel that takes the prefix-sharing mask; with another one
+    the trainer scores padded rows (several times the activations), and the memory plan plans those: say so."""
+    if not (script_args.method == "sgrpo" and getattr(method_args, "serial", False)
+            and getattr(method_args, "pack_serial_groups", False)):
+        return
+    from trainers.packing import SUPPORTED_ATTENTION
+
+    attn = model_args.attn_implementation or "sdpa"
+    if attn not in SUPPORTED_ATTENTION:
+        print(f"train.py: warning: pack_serial_groups is on but attn_implementation {attn!r} cannot take the packed "
+              f"serial groups' mask (supported: {', '.join(SUPPORTED_ATTENTION)}): the trainer will score padded rows "
+              "and the memory plan plans those; set attn_implementation: sdpa to pack, or pack_serial_groups: false "
+              "to say so.", file=sys.stderr, flush=True)
+
+
 def fill_length_kwargs(script_args: RecipeArguments, max_completion_length: int) -> None:
     """Length-aware rewards default to the recipe's own completion limit, so the two cannot disagree."""
     kwargs = script_args.reward_kwargs
     if "cosine" in script_args.reward_funcs:
         kwargs.setdefault("cosine", {}).setdefault("max_len", max_completion_length)
+    if "truncation" in script_args.reward_funcs:  # DLER: the truncation length is the generation limit
+        kwargs.setdefault("truncation", {}).setdefault("max_length", max_completion_length)
     if "soft_overlong" in script_args.reward_funcs:
         overlong = kwargs.setdefault("soft_overlong", {})
         overlong.setdefault("max_completion_len", max_completion_length)

@@ -73,15 +73,29 @@ def generation_calls(method: str, method_args, per_rank: int, tp: int) -> list[t
     return [(per_rank * tp, method_args.max_completion_length, method_args.max_completion_length)]
 
 
-def packing(method: str, method_args, prompt: int) -> dict:
+def packing_off_reason(arch: Architecture, attn_implementation: str | None) -> str | None:
+    """Why the trainer will score S-GRPO's serial groups as padded rows although the recipe asks for packing: the
+    same rule the trainer applies at start (trainers/packing.py `packing_unsupported_reason`), from the config."""
+    from trainers.packing import SUPPORTED_ATTENTION
+
+    attn = attn_implementation or "sdpa"  # transformers' default kernel when the recipe names none
+    if attn not in SUPPORTED_ATTENTION:
+        return (f"attn_implementation {attn!r} ignores a prefix-sharing 4D mask "
+                f"(supported: {', '.join(SUPPORTED_ATTENTION)})")
+    return arch.packing_model_reason
+
+
+def packing(method: str, method_args, prompt: int, arch: Architecture, attn_implementation: str | None) -> dict:
     """S-GRPO's packed serial groups (`pack_serial_groups`): one sequence a full rollout with its m exit branches, a
-    branch being a copy of the last prefix token, the exit text and the answer (trainers/packing.py)."""
+    branch being a copy of the last prefix token, the exit text and the answer (trainers/packing.py). When the
+    trainer will fall back to padded rows, the plan plans those and says why."""
     if not (method == "sgrpo" and getattr(method_args, "serial", False) and getattr(method_args, "pack_serial_groups",
                                                                                    False)):
         return {}
     m, thought = method_args.num_exits, method_args.max_completion_length
     branch = 1 + EXIT_TEXT_TOKENS + method_args.max_answer_length
-    return {"pack_members": m + 1, "packed_length": prompt + thought + m * branch, "packed_scored": thought + m * branch}
+    return {"pack_members": m + 1, "packed_length": prompt + thought + m * branch, "packed_scored": thought + m * branch,
+            "packing_off_reason": packing_off_reason(arch, attn_implementation)}
 
 
 def plan_run(method: str, method_args, model_args, batch: dict, gpu_memory_gib: float, launch: dict) -> dict | None:
@@ -116,7 +130,9 @@ def plan_run(method: str, method_args, model_args, batch: dict, gpu_memory_gib: 
             method, method_args),
         rollouts_per_engine=calls,
         gpu_memory_gib=gpu_memory_gib,
-        **packing(method, method_args, prompt_tokens(method_args, arch.max_positions)),
+        mask_dtype_bytes=4 if str(model_args.dtype) in ("float32", "torch.float32") else 2,
+        **packing(method, method_args, prompt_tokens(method_args, arch.max_positions), arch,
+                  model_args.attn_implementation),
     )
     memory = memory_plan(arch, setup)
     vllm = vllm_plan(arch, setup) if setup.use_vllm and setup.vllm_mode == "colocate" else None

@@ -30,6 +30,9 @@ class Architecture:
     largest_layer_parameters: int  # one decoder layer: what ZeRO-3 gathers at a time
     max_positions: int | None = None  # the model's context length: vLLM's window when the recipe sets none
     lora_parameters: int = 0  # adapters for the LoRA settings it was built with (0 without LoRA)
+    # why S-GRPO's packed serial groups cannot score this model whatever the attention kernel (trainers/packing.py:
+    # model type, sliding windows), None when they can
+    packing_model_reason: str | None = None
 
     @property
     def q_dim(self) -> int:
@@ -93,6 +96,8 @@ def _load_architecture(name_or_path: str, revision: str | None, lora_r: int | No
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from trainers.packing import packing_unsupported_reason
+
     config_dict = {k: v for k, v in config_dict.items() if k not in ("quantization_config", "auto_map")}
     config = AutoConfig.for_model(**config_dict)
     with torch.device("meta"):
@@ -128,4 +133,5 @@ def _load_architecture(name_or_path: str, revision: str | None, lora_r: int | No
         largest_layer_parameters=max(sum(p.numel() for p in layer.parameters()) for layer in layers),
         max_positions=getattr(text, "max_position_embeddings", None),
         lora_parameters=lora,
+        packing_model_reason=packing_unsupported_reason(text, "sdpa"),
     )

@@ -41,8 +41,27 @@ VLLM_ASLEEP_GIB = 0.5  # what a level-2 sleeping engine keeps (its CUDA graphs a
 VLLM_MAX_BATCHED_TOKENS = 4096  # TRL 1.16 colocate: LLM(max_num_batched_tokens=4096)
 FUSED_HEAD_TOKENS, FUSED_HEAD_VOCAB = 4096, 32768  # TRL 1.16 kernels/chunked_logprob.py tile
 ADAM_STATE_BYTES_ZERO = 12  # fp32 master weights + Adam m + v (DeepSpeed bf16 ZeRO)
+# Bytes per (query, key) pair at the peak of FlexAttention's dense evaluation of the packed mask rule
+# (create_block_mask(..., _compile=False) in trainers/packing.py): 10-13 measured on the CPU at L = 2k-8k
+# (bench/flex_mask_memory.py, 2026-12-05); not yet measured on a GPU, whose caching allocator may hold more
+FLEX_DENSE_MASK_BYTES = 13
 # Known GPUs by memory: name and HBM bandwidth (TB/s) for the generation-time estimate in planning/volume.py.
-GPUS = {80: ("H100 80GB SXM", 3.35), 141: ("H200 141GB", 4.8), 40: ("A100 40GB", 1.56), 94: ("H100 NVL", 3.9)}
+GPUS = {80: ("H100 80GB SXM", 3.35), 141: ("H200 141GB", 4.8), 40: ("A100 40GB", 1.56), 94: ("H100 NVL", 3.9),
+        24: ("24 GB GPU (L4 / A10 / RTX 4090)", 0.6)}
+# What the device reports as its total (cudaMemGetInfo, the MiB nvidia-smi prints), which vLLM multiplies by
+# gpu_memory_utilization and the fit line is a share of: a card sold as "80GB" reports 81,559 MiB = 79.65 GiB.
+# Figures as these cards commonly report them; a launch reads the real total (torch.cuda.mem_get_info).
+REPORTED_MIB = {80: ("H100 80GB", 81559), 141: ("H200", 143771), 40: ("A100 40GB", 40960), 94: ("H100 NVL", 95830),
+                24: ("L4 / A10 (an RTX 4090 reports 24,564 MiB)", 23034)}
+
+
+def reported_total(gpu_memory_gib: float) -> tuple[float, str]:
+    """(GiB the device reports, in words) for a GPU named by its nominal size (`--gpu_memory_gib 80`); a size that
+    is not a known card's nominal one is taken as the reported total itself."""
+    for nominal, (name, mib) in REPORTED_MIB.items():
+        if abs(gpu_memory_gib - nominal) < 0.5:
+            return mib / 1024, f"{name}: reports {mib:,} MiB ({mib / 1024:.2f} GiB) of the nominal {nominal} GB"
+    return gpu_memory_gib, f"{gpu_memory_gib:g} GiB as given (not a known card's nominal size)"
 
 
 @dataclass
@@ -73,13 +92,15 @@ class Setup:
     pack_members: int | None = None
     packed_length: int = 0
     packed_scored: int = 0
+    packing_off_reason: str | None = None  # S-GRPO asked for packing and the trainer will fall back to padded rows
+    mask_dtype_bytes: int = 2  # the model's dtype: the eager packed mask is built in it (trainers/sgrpo.py)
 
 
 def micro_batch_shape(s: Setup) -> tuple[int, int, int]:
     """(sequences, tokens per sequence, scored positions per sequence) of the largest micro-batch: packed serial
     groups when the rows hold whole groups, else padded rows (a group split across micro-batches is counted
     unpacked, an upper bound)."""
-    if s.pack_members and s.rows % s.pack_members == 0:
+    if s.pack_members and s.packing_off_reason is None and s.rows % s.pack_members == 0:
         return s.rows // s.pack_members, s.packed_length, s.packed_scored
     return s.rows, s.prompt_tokens + s.completion_tokens, s.completion_tokens
 
@@ -144,10 +165,16 @@ def activations(arch: Architecture, s: Setup) -> dict[str, float]:
     else:
         saved = arch.layers * layer + layer_grads
     attn = (s.attn_implementation or "sdpa").lower()
-    if "flash" in attn or "flex" in attn or "paged" in attn:
+    packed = bool(s.pack_members) and s.packing_off_reason is None
+    if "flex" in attn and packed:
+        # the packed BlockMask is built by create_block_mask(..., _compile=False) (trainers/packing.py), which
+        # evaluates the mask rule densely: int64 segment / visibility gathers and bool comparisons of T x T each
+        mask = FLEX_DENSE_MASK_BYTES * sequences * t * t
+    elif "flash" in attn or "flex" in attn or "paged" in attn:
         mask = 0
     else:  # sdpa/eager: a (sequences, 1, T, T) boolean mask (padding, or the packed groups' prefix-sharing mask),
-        mask = 3 * sequences * t * t  # and the bf16 bias SDPA's masked kernel converts it into
+        # and the bias the kernel adds: SDPA's bf16 one; eager's additive mask in the model's dtype
+        mask = (1 + (s.mask_dtype_bytes if attn == "eager" else 2)) * sequences * t * t
     if attn == "eager":  # attention probabilities of one layer at a time (with checkpointing), per head
         mask += 2 * sequences * arch.heads * t * t * (1 if s.gradient_checkpointing else arch.layers)
     head_weight_grad = 0 if s.use_peft else 4 * arch.lm_head_parameters  # fp32 accumulator in the fused head
@@ -203,10 +230,17 @@ def memory_plan(arch: Architecture, s: Setup) -> dict:
     asleep = (VLLM_ASLEEP_GIB * GIB if s.vllm_sleep else budget) if colocate else 0
     generation = resident + budget + context
     training = resident + sum(act.values()) + asleep + context
-    peak = max(generation, training)
+    # the weight sync once per step: TRL wakes vLLM's weights (the whole budget when it does not sleep) and pushes
+    # every parameter; with LoRA under ZeRO-3 it first gathers ALL parameters at once to merge the adapter
+    # (trl/generation/vllm_generation.py `_iter_named_params`): a full 16-bit copy beside the shards
+    gathered_copy = 2 * arch.parameters if (s.use_peft and s.zero_stage == 3 and colocate) else 0
+    vllm_weights = 2 * arch.parameters / s.vllm_tensor_parallel if colocate else 0
+    sync = resident + gathered_copy + ((VLLM_ASLEEP_GIB * GIB + vllm_weights) if s.vllm_sleep else budget) + context \
+        if colocate else 0
+    peak = max(generation, training, sync)
     total = s.gpu_memory_gib * GIB  # _fix and the fit test use HEADROOM of it
     plan = {
-        "gpu_memory_gib": s.gpu_memory_gib,
+        "gpu_memory_gib": round(s.gpu_memory_gib, 2),
         "policy_weights_gib": gib(2 * arch.parameters),
         "parameters": arch.parameters,
         "trainable_parameters": arch.lora_parameters if s.use_peft else arch.parameters,
@@ -222,20 +256,25 @@ def memory_plan(arch: Architecture, s: Setup) -> dict:
         "cuda_context_gib": CUDA_CONTEXT_GIB,
         "vllm": {k: v for k, v in vllm.items() if k != "kv_pool_bytes"} if vllm else None,
         "generation_phase_gib": gib(generation),
+        "weight_sync_phase_gib": gib(sync) if colocate else None,
+        "lora_zero3_gathered_copy_gib": gib(gathered_copy) if gathered_copy else None,
         "training_phase_gib": gib(training),
+        "packing": None if not s.pack_members else (
+            {"active": False, "reason": s.packing_off_reason} if s.packing_off_reason else {"active": True}),
         "peak_gib": gib(peak),
         "usable_gib": round(HEADROOM * s.gpu_memory_gib, 1),
         "fits": peak <= HEADROOM * total and (vllm is None or vllm["concurrent_max_length_sequences"] >= 1),
         "error_margin": "activations and peak +-25%; allocator fragmentation adds 5-15% on a real GPU",
     }
     plan["fix"] = None if plan["fits"] else _fix(arch, s, act, vllm, resident, generation, training,
-                                                  HEADROOM * total)
+                                                  HEADROOM * total, sync)
     return plan
 
 
-def _fix(arch, s, act, vllm, resident, generation, training, usable) -> str:
+def _fix(arch, s, act, vllm, resident, generation, training, usable, sync=0) -> str:
     """One line naming the key to change, for the first thing that does not fit in `usable` bytes."""
-    need = f"{gib(max(generation, training))} GiB of the {gib(usable)} GiB usable on a {s.gpu_memory_gib:g} GiB GPU"
+    need = (f"{gib(max(generation, training, sync))} GiB of the {gib(usable)} GiB usable on a GPU that reports "
+            f"{s.gpu_memory_gib:.2f} GiB")
     if vllm is not None and vllm["concurrent_max_length_sequences"] < 1:
         # enough for the weights, the overhead and four sequences of the full window
         per_seq = kv_bytes_per_token(arch, s.vllm_tensor_parallel) * s.vllm_max_model_len
@@ -252,6 +291,15 @@ def _fix(arch, s, act, vllm, resident, generation, training, usable) -> str:
                 else "shard the policy (accelerate_configs/zero3.yaml) or train with LoRA (use_peft: true)")
         return (f"while vLLM generates, the trainer holds {gib(resident)} GiB beside vLLM's "
                 f"{s.vllm_utilization:g} of the GPU ({need}): {hint}")
+    if sync > usable and sync >= training:
+        return (f"the weight sync gathers the whole {gib(2 * arch.parameters)} GiB model at once to merge the LoRA "
+                f"adapter under ZeRO-3 beside the trainer's shards and vLLM's weights ({need}): use "
+                "accelerate_configs/zero2.yaml (the adapter merges without a gather), or lower "
+                "vllm_gpu_memory_utilization")
+    if s.packing_off_reason:
+        return (f"S-GRPO's serial groups cannot be packed ({s.packing_off_reason}), so the trainer scores padded rows "
+                f"and a micro-batch needs {need}: set attn_implementation: sdpa (packing needs a kernel that takes "
+                "the prefix-sharing mask), or lower per_device_train_batch_size")
     if not s.gradient_checkpointing:
         return f"training a micro-batch needs {need}: set gradient_checkpointing: true"
     others = training - sum(act.values())  # everything but this micro-batch's activations
@@ -261,7 +309,7 @@ def _fix(arch, s, act, vllm, resident, generation, training, usable) -> str:
     if rows is not None:
         return (f"training a micro-batch of {s.rows} rows x {tokens} tokens needs {need}: set "
                 f"per_device_train_batch_size: {rows} (and raise gradient_accumulation_steps to keep the batch)")
-    if "flash" not in (s.attn_implementation or "") and act["attention_mask"] > 0.1 * training:
+    if "flash" not in (s.attn_implementation or "") and not s.pack_members and act["attention_mask"] > 0.1 * training:
         return (f"training one row of {tokens} tokens needs {need}, {gib(act['attention_mask'])} GiB of it the padded "
                 "SDPA mask: set attn_implementation: flash_attention_2 (pip install flash-attn)")
     return (f"training one row of {tokens} tokens needs {need}: lower max_completion_length, or shard more "

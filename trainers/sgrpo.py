@@ -750,7 +750,9 @@ class SGRPOTrainer(GRPOTrainer):
             if attn == "flex_attention":
                 mask = block_mask(plan)
             else:
-                mask = dense_mask(plan, "bool" if attn == "sdpa" else "additive")
+                # eager adds the mask to its scores: build it in the model's dtype, not float32 (half the bytes)
+                mask = dense_mask(plan, "bool" if attn == "sdpa" else "additive",
+                                  dtype=self.accelerator.unwrap_model(model).dtype)
             with self.accelerator.autocast():
                 outputs = model(input_ids=plan.input_ids, attention_mask=mask, position_ids=plan.position_ids,
                                 shift_labels=plan.shift_labels, fused_lm_head=True)
