@@ -184,3 +184,11 @@ def test_transformers_retained_identical_bit_for_bit(es_trainer):
     assert log["gfpo/early_stopped"][-1] == float(S.sum()) and log["gfpo/tokens_saved_max"][-1] > 0
     # reward statistics exclude the stopped rows (TRL's unscorable rows)
     assert torch.isnan(stop_last["rewards"][S]).all() and not torch.isnan(stop_last["rewards"][~S]).any()
+    # 'max_length': a stopped row enters the normaliser as max_completion_length (an upper bound of the paper's)
+    trainer.args.gfpo_early_stop_normalizer = "max_length"
+    try:
+        upper, _, _ = _generation_batch(trainer, active=True)
+    finally:
+        trainer.args.gfpo_early_stop_normalizer = "sampled"
+    assert upper["num_items_in_batch"] == stop["num_items_in_batch"] + int((24 - Ls[S]).sum()) >= full[
+        "num_items_in_batch"]

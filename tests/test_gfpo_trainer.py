@@ -52,6 +52,7 @@ def cfg(gfpo, **kw):
         (dict(num_remains_in_group=2, anneal="k"), "anneal_steps >= 1"),
         (dict(num_remains_in_group=2, scale_rewards="batch"), "scale_rewards='batch'"),
         (dict(num_remains_in_group=2, drop_loss_normalizer="all"), "drop_loss_normalizer"),
+        (dict(num_remains_in_group=2, gfpo_early_stop_normalizer="full"), "gfpo_early_stop_normalizer='full'"),
     ],
 )
 def test_config_validation_names_key_and_fix(gfpo, kwargs, message):
@@ -196,7 +197,9 @@ def test_drop_gives_zero_mode_gradient_with_fewer_rows(scored_batch):
     trainer.args.drop_loss_normalizer = "group"
     dropped = trainer._gfpo_drop_rows(dict(out), keep)
     assert dropped["completion_ids"].size(0) == int(keep.sum()) < out["completion_ids"].size(0)
-    assert torch.equal(dropped["completion_ids"], out["completion_ids"][keep])
+    width = dropped["completion_ids"].size(1)  # trimmed to the kept rows' width: the cut columns are padding
+    assert torch.equal(dropped["completion_ids"], out["completion_ids"][keep][:, :width])
+    assert not out["completion_mask"][keep][:, width:].any()
     assert torch.allclose(flat_grad(trainer, dropped), flat_grad(trainer, out), atol=1e-6, rtol=1e-5)
 
 
@@ -271,8 +274,11 @@ def test_lora(tiny_model_path, tmp_path):
 # ------------------------------------------------------------------------------------------------- vLLM
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_vllm_colocate(tiny_model_path, tmp_path):
+def test_vllm_colocate(tiny_model_path, tiny_tokenizer, tmp_path):
+    """Drop + length trains through the early-stop engine loop (add_request / step / abort_request); with request
+    seeds a generation batch with and without early stop keeps the same retained responses."""
     pytest.importorskip("vllm")
+    eos = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
     trainer = build_trainer(
         tiny_model_path,
         tmp_path,
@@ -284,11 +290,24 @@ def test_vllm_colocate(tiny_model_path, tmp_path):
         vllm_enable_sleep_mode=False,
         vllm_max_model_length=256,
         max_steps=2,
+        gfpo_request_seeds=True,
+        generation_kwargs={"logit_bias": {eos: 2.0}},  # a random model rarely ends: spread the lengths
     )
     trainer.train()
     assert trainer.state.global_step == 2
     assert trainer._gfpo_last["local_rows"] == 4
-    assert "gfpo/completion_length_retained" in last_log(trainer)
+    log = last_log(trainer)
+    assert "gfpo/completion_length_retained" in log and "gfpo/early_stopped" in log
+
+    batch = next(iter(trainer.get_train_dataloader()))
+    runs = {}
+    for active in (False, True):
+        trainer._gfpo_es_active, trainer._gfpo_gen_calls = active, 0
+        out = trainer._generate_and_score_completions(batch)
+        runs[active] = (out["completion_ids"], dict(trainer._gfpo_last))
+    (ids_full, full), (ids_stop, stop) = runs[False], runs[True]
+    assert full["early_stopped"].sum() == 0 and stop["early_stopped"].sum() > 0
+    assert torch.equal(full["retained"], stop["retained"]) and torch.equal(ids_full, ids_stop)
 
 
 # ------------------------------------------------------------------------------------------------- 2 ranks
