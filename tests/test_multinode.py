@@ -40,7 +40,8 @@ def test_four_nodes_of_eight(monkeypatch):
     assert [r["role"] for r in out["roles"]] == ["trainer"] * 4
     for rank, role in enumerate(out["roles"]):
         cmd = role["command"]
-        assert cmd.startswith("accelerate launch --config_file accelerate_configs/zero3.yaml ")
+        assert cmd.startswith(f"export VLLM_HOST_IP=\"$({multinode.HOST_IP_COMMAND})\"; ${{PYTHON:-python}} -m "
+                              "accelerate.commands.launch --config_file accelerate_configs/zero3.yaml ")
         assert (flag(cmd, "--num_machines"), flag(cmd, "--num_processes"), flag(cmd, "--machine_rank"),
                 flag(cmd, "--main_process_ip")) == ("4", "32", str(rank), "node01")
         assert cmd.endswith(f"scripts/train.py --config {GFPO}")
@@ -61,6 +62,44 @@ def test_trainer_nodes_and_a_vllm_server_node(monkeypatch):
     for role in out["roles"][:-1]:
         assert flag(role["command"], "--vllm_server_host") == "node05"
         assert flag(role["command"], "--gradient_accumulation_steps") == "4"
+
+
+def test_printed_commands_expand_when_pasted(monkeypatch, tmp_path):
+    """issue 28, items 7-8: the default placeholders are printed unquoted, so a shell pasting the command expands them;
+    the command runs `$PYTHON -m accelerate.commands.launch` (or python from PATH without $PYTHON) after exporting
+    VLLM_HOST_IP as the node's own address."""
+    monkeypatch.chdir(ROOT)
+    out = multinode.plan(SERVER, nodes=3, gpus_per_node=8, vllm_nodes=1, vllm_tensor_parallel_size=8,
+                         train_args=["--gradient_accumulation_steps", "8"])
+    trainer, server = out["roles"][0]["command"], out["roles"][-1]["command"]
+    assert "--main_process_ip $MASTER_ADDR " in trainer and trainer.endswith("--vllm_server_host $VLLM_HOST")
+    assert out["notes"] == []  # tensor parallel 8: one engine, the exits share their rollouts' prefix cache
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "hostname").write_text("#!/bin/bash\n[ \"$1\" = -I ] && echo '10.1.2.3 172.17.0.1'\n")
+    (bin_dir / "fakepython").write_text("#!/bin/bash\necho \"VLLM_HOST_IP=$VLLM_HOST_IP\"; printf '%s\\n' \"$@\"\n")
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "MASTER_ADDR": "node01", "VLLM_HOST": "node03",
+           "PYTHON": "fakepython"}
+    for cmd in (trainer, server):
+        lines = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, check=True).stdout.split(
+            "\n")
+        assert lines[0] == "VLLM_HOST_IP=10.1.2.3"
+        if cmd is trainer:
+            assert lines[1:3] == ["-m", "accelerate.commands.launch"]
+            assert lines[lines.index("--main_process_ip") + 1] == "node01"
+            assert lines[lines.index("--vllm_server_host") + 1] == "node03"
+        else:
+            assert lines[1] == "scripts/vllm_server.py"
+    quoted = multinode.plan(GFPO, nodes=2, main_ip="a b")["roles"][0]["command"]
+    assert "--main_process_ip 'a b'" in quoted  # anything that is not a bare placeholder is still quoted
+
+
+def test_sgrpo_server_with_data_parallel_is_noted(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = multinode.plan(SERVER, nodes=2, gpus_per_node=8, vllm_nodes=1, vllm_tensor_parallel_size=2)
+    assert len(out["notes"]) == 1 and "about 1/4 of the time" in out["notes"][0]
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -95,11 +134,15 @@ def test_slurm_script_runs_every_node_command(tmp_path):
     """scripts/slurm/train.slurm with `scontrol` and `srun` stubbed: one srun per node, each on its own host."""
     # one file per srun call: the calls run in the background at the same time
     env = slurm_stubs(tmp_path, ["gpu-a", "gpu-b", "gpu-c"], f"printf '%s\\t' \"$@\" > {tmp_path}/srun-$$.log")
+    had_logs = (ROOT / "logs").exists()
     proc = subprocess.run(["bash", "scripts/slurm/train.slurm", SERVER, "--vllm_nodes", "1", "--",
                            "--gradient_accumulation_steps", "8"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert (ROOT / "logs").is_dir()  # mkdir -p logs
+    if not had_logs:
+        (ROOT / "logs").rmdir()
     assert proc.returncode == 0, proc.stderr[-3000:]
-    plan = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
+    plan = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{"):])[0]
     assert plan["trainer_processes"] == 16 and plan["batch"]["completions_per_optimizer_step"] == 1152
     calls = sorted((f.read_text().rstrip("\t").split("\t") for f in tmp_path.glob("srun-*.log")), key=lambda c: c[2])
     assert [c[2] for c in calls] == ["--nodelist=gpu-a", "--nodelist=gpu-b", "--nodelist=gpu-c"]
@@ -107,7 +150,18 @@ def test_slurm_script_runs_every_node_command(tmp_path):
     for rank, cmd in enumerate(trainers):
         assert (flag(cmd, "--machine_rank"), flag(cmd, "--main_process_ip"), flag(cmd, "--vllm_server_host"),
                 flag(cmd, "--num_processes")) == (str(rank), "gpu-a", "gpu-c", "16")
-    assert server.startswith("python scripts/vllm_server.py --config " + SERVER)
+    assert "; ${PYTHON:-python} scripts/vllm_server.py --config " + SERVER in server
+    assert all(c[-1].startswith("export VLLM_HOST_IP=") for c in calls)
+    assert "about 1/8 of the time" in proc.stderr  # S-GRPO on a data-parallel server: said before anything starts
+
+
+def test_slurm_script_makes_logs_and_exports_python():
+    """`mkdir -p logs` before anything writes there, PYTHON exported to the nodes' shells, and the header says logs/
+    must exist before sbatch (Slurm opens --output before the script runs)."""
+    text = (ROOT / "scripts/slurm/train.slurm").read_text()
+    assert "#SBATCH --output=logs/" in text and "logs/ must exist BEFORE sbatch" in text
+    body = text.split("set -euo pipefail", 1)[1]
+    assert body.lstrip().startswith("mkdir -p logs") and "export PYTHON=" in body
 
 
 def test_slurm_script_stops_before_any_node_when_the_recipe_does_not_fit(tmp_path):
