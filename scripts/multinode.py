@@ -102,8 +102,9 @@ def plan(config: str, nodes: int, gpus_per_node: int = 8, vllm_nodes: int = 0,
         if dp > 1 and script_args.method == "sgrpo" and recipe.get("serial", True):
             notes.append(f"vLLM server data parallel {dp}: S-GRPO's exit prompts reach the engine that holds their "
                          f"rollout's prefix about 1/{dp} of the time (no prefix sharing across engines; "
-                         "docs/training.md); --vllm_tensor_parallel_size "
-                         f"{gpus_per_node} keeps one engine (logged: sgrpo/exit_prompt_cached_frac)")
+                         "docs/training.md); a larger --vllm_tensor_parallel_size (one engine at "
+                         f"{gpus_per_node}, where the model's attention heads divide by it) keeps the exits cached "
+                         "(logged: sgrpo/exit_prompt_cached_frac)")
     accel_path = Path(accelerate_config) if Path(accelerate_config).exists() else ROOT / accelerate_config
     if not accel_path.is_file():
         raise PlanError(f"--accelerate_config {accelerate_config}: no such file")

@@ -495,10 +495,20 @@ class SGRPOTrainer(GRPOTrainer):
     @contextlib.contextmanager
     def _count_cached_prompt_tokens(self):
         """Count the exit prompts' tokens that a colocated engine served from its prefix cache (vLLM's
-        `RequestOutput.num_cached_tokens`). Yields a 2-item list [cached, prompt tokens]; [0, 0] when not
-        measurable (transformers, server mode)."""
+        `RequestOutput.num_cached_tokens`), or, in server mode, that the server's prefix-cache counters grew by
+        (trainers/vllm_metrics.py: its /metrics before and after, on the main process that holds the client). Yields a
+        2-item list [cached, prompt tokens]; [0, 0] when not measurable (transformers, an unreadable endpoint)."""
         counts = [0, 0]
         vg = getattr(self, "vllm_generation", None) if self.use_vllm else None
+        if vg is not None and getattr(vg, "mode", None) == "server":
+            from trainers.vllm_metrics import cache_delta, read_prefix_cache_counters
+
+            client = getattr(vg, "vllm_client", None)
+            before = read_prefix_cache_counters(client.base_url) if client is not None else None
+            yield counts
+            after = read_prefix_cache_counters(client.base_url) if before is not None else None
+            counts[:], _ = cache_delta(before, after)
+            return
         if vg is None or getattr(vg, "mode", None) != "colocate":
             yield counts
             return
@@ -795,8 +805,10 @@ class SGRPOTrainer(GRPOTrainer):
             metrics[key].append(value)
 
     def _log_exit_cache(self):
-        """sgrpo/exit_prompt_cached_frac: exit-prompt tokens served from vLLM's prefix cache (colocate only)."""
-        if self._sgrpo_exit_cache is None or not self.use_vllm or self.vllm_generation.mode != "colocate":
+        """sgrpo/exit_prompt_cached_frac: exit-prompt tokens served from vLLM's prefix cache (colocate: per request;
+        server: the server's counters, about 1/DP with data parallel DP > 1, docs/training.md)."""
+        if self._sgrpo_exit_cache is None or not self.use_vllm or self.vllm_generation.mode not in ("colocate",
+                                                                                                   "server"):
             return
         counts = torch.tensor(self._sgrpo_exit_cache, dtype=torch.float32, device=self.accelerator.device)
         cached, total = self.accelerator.gather(counts).view(-1, 2).sum(dim=0).tolist()
