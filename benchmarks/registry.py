@@ -117,7 +117,8 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 _ALIASES = {alias: spec.name for spec in BENCHMARKS.values() for alias in (spec.name, *spec.aliases)}
 
 # Samples per question (pass@1 is averaged over them). S-GRPO (2505.07686) evaluation: 16 for AIME24 and
-# AMC23, 8 for MATH-500 and GPQA-D, 4 for GSM8K. GFPO (2508.09726): AIME 32, GPQA 5.
+# AMC23, 8 for MATH-500 and GPQA-D, 4 for GSM8K. GFPO (2508.09726): AIME 32, GPQA 5. Both as /work/shared/PAPERS.md
+# summarises the papers: not verified against the papers' text (issue 28); the other benchmarks' counts are ours.
 PROTOCOL_SAMPLES: dict[str, dict[str, int]] = {
     "sgrpo": {"gsm8k": 4, "math500": 8, "amc23": 16, "aime24": 16, "aime25": 16, "gpqa_diamond": 8},
     "gfpo": {"gsm8k": 4, "math500": 8, "amc23": 16, "aime24": 32, "aime25": 32, "gpqa_diamond": 5},

@@ -438,3 +438,21 @@ def test_eval_recipes_reproduce_paper_protocols():
         "gsm8k": 4, "aime24": 16, "amc23": 16, "math500": 8, "gpqa_diamond": 8}
     gfpo = parse_args(["--config", str(ROOT / "recipes/eval/gfpo.yaml"), "--model", "m"])
     assert samples_for(gfpo, "aime24") == 32 and samples_for(gfpo, "gpqa_diamond") == 5 and gfpo.temperature == 0.8
+
+
+def test_unverified_protocol_values_say_so():
+    """issue 28, item 9: the protocol values taken from the project's summary of the papers, not from their text, are
+    marked where they appear."""
+    def lines(path):
+        return (ROOT / path).read_text().lower().splitlines()
+
+    mark = "not verified against the paper"
+    gfpo = lines("recipes/eval/gfpo.yaml")
+    assert mark in next(line for line in gfpo if line.startswith("temperature: 0.8"))
+    assert any(mark in line for line in gfpo[:6])  # the header: 32k, samples per prompt
+    sgrpo = lines("recipes/eval/sgrpo.yaml")
+    for value in ("pass@1 averaged over 16 samples", "the paper's prompt ends"):
+        at = next(i for i, line in enumerate(sgrpo) if value in line)
+        assert mark in " ".join(sgrpo[at : at + 2])
+    assert mark in " ".join(lines("recipes/eval/sgrpo-budget.yaml")[:3])
+    assert "not verified against the papers" in " ".join(lines("docs/evaluation.md"))
