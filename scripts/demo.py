@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 METHODS = {
     "grpo": "grpo.yaml",
     "gfpo-shortest-4/16": "gfpo_shortest.yaml",
+    "gfpo-shortest-4/16-no-es": "gfpo_shortest.yaml",  # the same without early stop (issue 29; METHOD_OVERRIDES)
     "gfpo-token-eff-8/16": "gfpo_token_efficiency.yaml",
     "gfpo-adaptive": "gfpo_adaptive.yaml",
     "sgrpo": "sgrpo.yaml",
@@ -60,6 +61,8 @@ METHODS = {
 DEFAULT_METHODS = ["grpo", "gfpo-shortest-4/16", "gfpo-token-eff-8/16", "gfpo-adaptive", "sgrpo"]  # the rest: --methods
 STUDY_METHODS = ["grpo", "gfpo-drop", "gfpo-penalty", "gfpo-stratified", "gfpo-stratified-0", "gfpo-anneal", "gfpo-dpo",
                  "gfpo-adaptive"]
+# Recipe keys a row sets on top of its recipe.
+METHOD_OVERRIDES = {"gfpo-shortest-4/16-no-es": {"gfpo_early_stop": "false"}}
 # A row trained from another row's run (same seed): it waits for it, and its cost includes it.
 DEPENDS = {"gfpo-dpo": "gfpo-drop"}
 PAIRS_FILE = "pairs.jsonl"
@@ -222,7 +225,7 @@ def train_cmd(args, method: str, seed: int, base: Path, data: Path, out: Path) -
     if "questions_per_step" in over:
         over["per_device_train_batch_size"] = over.pop("questions_per_step") * G
     over.update({"model_name_or_path": str(base), "dataset_name": str(data / "train.jsonl"),
-                 "output_dir": str(out), "seed": seed})
+                 "output_dir": str(out), "seed": seed, **METHOD_OVERRIDES.get(method, {})})
     if method in DEPENDS.values():  # a run that a second stage trains on keeps its pairs
         over["pairs_output_file"] = str(out / PAIRS_FILE)
     if args.use_vllm:
