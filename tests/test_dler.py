@@ -132,4 +132,5 @@ def test_recipe_dry_run_fits_its_gpu(recipe, capsys):
     plan = json.loads(capsys.readouterr().out)
     memory = plan["memory"]
     assert memory["fits"], memory.get("fix")
-    assert memory["gpu_memory_gib"] == keys.get("gpu_memory_gib", 80.0)
+    nominal = keys.get("gpu_memory_gib", 80.0)  # the card the recipe is written for; the plan uses what it reports
+    assert 0.9 * nominal <= memory["gpu_memory_gib"] <= nominal
