@@ -1,6 +1,6 @@
 """The memory, time and volume plan of every real recipe, as the table in recipes/README.md.
 
-    python scripts/plan_recipes.py                       # every recipe under recipes/<model>/, ZeRO-3 on 8 GPUs
+    python scripts/plan_recipes.py                       # every recipe under recipes/<model>/, on the launch it names
     python scripts/plan_recipes.py recipes/qwen3-8b/sgrpo.yaml --accelerate_config accelerate_configs/zero2.yaml
 
 Each recipe goes through train.py's own checks and dry-run plan (no model is loaded) for an 80 GiB and a 141 GiB GPU;
@@ -15,6 +15,8 @@ import io
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -27,9 +29,14 @@ def real_recipes() -> list[Path]:
     return sorted(p for p in (ROOT / "recipes").glob("*/*.yaml") if p.parent.name not in TINY)
 
 
-def plan_for(recipe: Path, accelerate_config: str, gpu_gib: float) -> dict:
-    argv = ["--config", str(recipe), "--dry_run", "--accelerate_config", accelerate_config,
-            "--gpu_memory_gib", str(gpu_gib)]
+def plan_for(recipe: Path, accelerate_config: str | None, gpu_gib: float) -> dict:
+    # The launch the recipe names (its accelerate_config key: one GPU for recipes/qwen3-1.7b/ and the like), unless
+    # --accelerate_config overrides it; ZeRO-3 on 8 GPUs for a recipe that names none.
+    if accelerate_config is None and not yaml.safe_load(recipe.read_text()).get("accelerate_config"):
+        accelerate_config = str(ROOT / "accelerate_configs" / "zero3.yaml")
+    argv = ["--config", str(recipe), "--dry_run", "--gpu_memory_gib", str(gpu_gib)]
+    if accelerate_config is not None:
+        argv += ["--accelerate_config", accelerate_config]
     with contextlib.redirect_stderr(io.StringIO()):
         script_args, method_args, model_args = train.parse(argv)
         batch, _ = train.validate(script_args, method_args, model_args)
@@ -69,7 +76,8 @@ HEADER = ("| recipe | questions x G per step | micro-batch rows x tokens | peak 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipes", nargs="*", help="recipe files (default: every real recipe)")
-    parser.add_argument("--accelerate_config", default=str(ROOT / "accelerate_configs" / "zero3.yaml"))
+    parser.add_argument("--accelerate_config", default=None,
+                        help="plan every recipe for this launch (default: the one each recipe names, else ZeRO-3 x 8)")
     args = parser.parse_args(argv)
     recipes = [Path(r) for r in args.recipes] or real_recipes()
     print(HEADER)
