@@ -134,3 +134,26 @@ def test_recipe_dry_run_fits_its_gpu(recipe, capsys):
     assert memory["fits"], memory.get("fix")
     nominal = keys.get("gpu_memory_gib", 80.0)  # the card the recipe is written for; the plan uses what it reports
     assert 0.9 * nominal <= memory["gpu_memory_gib"] <= nominal
+
+
+# ------------------------------------------------------------------------------------------------- model configs
+@pytest.mark.parametrize("name, card, non_embedding", [
+    ("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", 1.78e9, None),  # untied: embeddings and LM head both count
+    ("Qwen/Qwen3-1.7B", 1.7e9, 1.4e9),  # model card: 1.7B, 1.4B non-embedding; tied (2.03B if the head were counted)
+    ("Qwen/Qwen3-4B", 4.0e9, 3.6e9),  # model card: 4.0B, 3.6B non-embedding; tied
+])
+def test_new_model_configs_count_the_cards_parameters(name, card, non_embedding):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from planning import load_architecture
+
+    arch = load_architecture(name)
+    assert "shipped copy" in arch.source
+    cfg = AutoConfig.from_pretrained(ROOT / "planning" / "model_configs" / name)
+    with torch.device("meta"):  # built from the config alone, no weights (DESIGN.md)
+        model = AutoModelForCausalLM.from_config(cfg)
+    total = sum(p.numel() for p in model.parameters())  # a tied head is one tensor, counted once
+    assert total == arch.parameters
+    assert abs(total - card) < 0.03 * card
+    if non_embedding is not None:
+        assert abs(total - model.get_input_embeddings().weight.numel() - non_embedding) < 0.05 * non_embedding
