@@ -40,6 +40,27 @@ def checkpoint_bytes(arch: Architecture, s: Setup) -> int:
     return arch.parameters * (2 + 4)
 
 
+def gfpo_expected_sampling(method_args, step_completions: int) -> dict:
+    """GFPO's expected tokens sampled per step under planning.early_stop's length model, with and without early stop
+    (trainers/early_stop.py), or why early stop is off. The worst case is the same either way: a step whose responses
+    all run to max_completion_length stops nothing."""
+    from planning import early_stop as model
+    from trainers.early_stop import support_reason
+
+    reason = support_reason(method_args)
+    if reason is not None:
+        return {"gfpo_early_stop": f"off: {reason}"}
+    G, k = method_args.num_generations, method_args.num_remains_in_group
+    mean = model.expected_mean_length_fraction() * method_args.max_completion_length
+    frac = model.expected_sampled_fraction(G, k)
+    return {"gfpo_early_stop": f"on (k = {k} of G = {G}" + (", the annealed k's target" if getattr(
+                method_args, "anneal", "none") == "k" else "") + ")",
+            "length_model": model.LENGTH_MODEL,
+            "expected_tokens_sampled_per_step": int(step_completions * mean),
+            "expected_tokens_sampled_per_step_with_early_stop": int(step_completions * mean * frac),
+            "early_stop_sampled_fraction": round(frac, 3)}
+
+
 def volume_plan(arch: Architecture, s: Setup, method_args, plan_batch: dict, vllm: dict | None, method: str) -> dict:
     """The dry run's `time_and_volume` object; `warnings` lists what the user should change or know."""
     warnings = []
@@ -53,6 +74,8 @@ def volume_plan(arch: Architecture, s: Setup, method_args, plan_batch: dict, vll
         sampled = step_completions * max_len
     out = {"worst_case_tokens_sampled_per_step": int(sampled),
            "completions_trained_per_step": int(step_completions)}
+    if method == "gfpo":
+        out.update(gfpo_expected_sampling(method_args, step_completions))
 
     gpu_name, tbs = gpu_bandwidth(s.gpu_memory_gib)
     if vllm is not None:
@@ -64,6 +87,10 @@ def volume_plan(arch: Architecture, s: Setup, method_args, plan_batch: dict, vll
         out["vllm_waves_per_generation_call"] = [call["waves"] for call in vllm["generation_calls"]]
         out["decode_step_ms_estimate"] = round(step_seconds * 1000, 1)
         out["worst_case_generation_seconds"] = round(seconds)
+        if "expected_tokens_sampled_per_step_with_early_stop" in out and sampled:
+            # the worst case's cost per decoded token (a full KV cache read each step) times the expected tokens
+            share = out["expected_tokens_sampled_per_step_with_early_stop"] / sampled
+            out["expected_generation_seconds_with_early_stop"] = round(seconds * share)
         out["gpu_assumed"] = f"{gpu_name}, {tbs} TB/s at {DECODE_EFFICIENCY:.0%}"
         timeout = method_args.ddp_timeout
         out["ddp_timeout"] = timeout

@@ -192,3 +192,33 @@ def test_transformers_retained_identical_bit_for_bit(es_trainer):
         trainer.args.gfpo_early_stop_normalizer = "sampled"
     assert upper["num_items_in_batch"] == stop["num_items_in_batch"] + int((24 - Ls[S]).sum()) >= full[
         "num_items_in_batch"]
+
+
+# ------------------------------------------------------------------------------------------------- the planner
+@pytest.mark.parametrize("G, k, expect", [(16, 4, 0.61), (24, 4, 0.54)])
+def test_planner_length_model_matches_the_rule(G, k, expect):
+    from planning import early_stop as model
+
+    frac = model.expected_sampled_fraction(G, k)
+    assert abs(frac - expect) < 0.01
+    if G != 16:
+        return
+    # Monte Carlo of the same length model through the stop rule itself (cap 100 tokens, 200 groups)
+    cap, mean, cv = 100, model.MEAN_FRACTION * 100, model.CV
+    sigma = (torch.log1p(torch.tensor(cv * cv))).sqrt()
+    mu = torch.log(torch.tensor(mean)) - sigma**2 / 2
+    g = torch.Generator().manual_seed(0)
+    final = torch.exp(mu + sigma * torch.randn(200, G, generator=g)).round().clamp(1, cap).long()
+    lengths, _ = simulate(final, k)
+    assert abs(float(lengths.sum() / final.sum()) - frac) < 0.03
+
+
+def test_volume_plan_states_early_stop():
+    from planning.volume import gfpo_expected_sampling
+
+    on = gfpo_expected_sampling(_args(num_generations=16, num_remains_in_group=4, max_completion_length=1000), 64)
+    assert on["early_stop_sampled_fraction"] == 0.61
+    assert "log-normal" in on["length_model"] and on["expected_tokens_sampled_per_step_with_early_stop"] < on[
+        "expected_tokens_sampled_per_step"]
+    off = gfpo_expected_sampling(_args(rejection_mode="zero", num_generations=16, num_remains_in_group=4), 64)
+    assert off == {"gfpo_early_stop": "off: " + es.support_reason(_args(rejection_mode="zero"))}
