@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--gpu_memory_utilization", type=float, default=0.9)
     a("--max_model_len", type=int,
       help="vLLM context (default: the longest prompt + max tokens, + the exit text and answer_max_tokens when exits "
-           "are forced)")
+           "are forced), capped at the model's window (max_position_embeddings); each request's max_tokens is capped at "
+           "it minus the request's prompt, on both back-ends")
     a("--enforce_eager", action="store_true", help="vLLM eager mode (CPU tests)")
     a("--regrade", action="store_true", help="grade the stored samples again; no model is loaded")
     a("--overwrite", action="store_true", help="discard samples already in --output_dir")
