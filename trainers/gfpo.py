@@ -11,6 +11,10 @@ Flow per generation batch (train mode), never copying ``_generate_and_score_comp
    are recomputed inside the retained sets (``trainers.selection``), identically on every rank, and the local
    slice is put back. ``drop`` removes the rejected rows from the local batch.
 
+With the ``length`` metric in ``drop`` mode, generation itself is cut short: a rollout stops once k shorter members
+of its group have finished (``gfpo_early_stop``, ``trainers/early_stop.py``; exact, so the retained set and, on
+transformers, the retained tokens are those of the full rollout).
+
 Also supports TRL's removed ``trl.experimental.gfpo`` API: ``GFPOTrainer(..., group_filter_func=f)`` with
 ``f(group_completions=[[...G]...], group_rewards=[[...G]...]) -> [[score]*G]*B``; the k highest scores are kept.
 """
@@ -258,7 +262,8 @@ class GFPOTrainer(GRPOTrainer):
     """GRPOTrainer that filters each group of G responses to a retained set of k (GFPO).
 
     ``rejection_mode="drop"`` removes rejected rows from the batch before the policy forward/backward. What it does
-    not save: generation of all G responses (needed to select), reward computation, and - unless the selection is
+    not save: generation of all G responses (needed to select; with early stop, a rejected one only up to the
+    k-th shortest finished length of its group), reward computation, and - unless the selection is
     known before rewards (``length`` metric with a fixed or annealed k) - the no-grad old/ref log-prob passes over
     all G (TRL runs them before the rewards). Per-rank batches are padded to the largest local retained count
     (rounded up to a multiple of steps_per_generation) with zero-mask, zero-advantage copies, so every rank runs the
