@@ -58,7 +58,8 @@ def test_architecture_from_shipped_config(name, hand, kv_per_token):
 def test_shipped_configs_cover_every_recipe_model():
     names = {yaml.safe_load(p.read_text())["model_name_or_path"] for p in REAL}
     assert names == {"Qwen/Qwen3-8B", "Qwen/Qwen3-14B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
-                     "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", "microsoft/Phi-4-reasoning"}
+                     "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", "microsoft/Phi-4-reasoning",
+                     "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "Qwen/Qwen3-1.7B", "Qwen/Qwen3-4B"}
     published = {"Qwen/Qwen3-14B": 14.77e9, "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B": 14.77e9,
                  "microsoft/Phi-4-reasoning": 14.66e9}  # the model cards' counts, to 3 digits
     for name, count in published.items():
