@@ -3,6 +3,7 @@ shipped in `planning/model_configs/`, and exact parameter counts from the model 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -62,6 +63,24 @@ def find_config(name_or_path: str, revision: str | None = None) -> tuple[dict, s
     return None
 
 
+@contextlib.contextmanager
+def _without_zero3():
+    """At a ZeRO-3 launch, TrainingArguments has registered its DeepSpeed config, and transformers then builds every
+    model inside deepspeed.zero.Init and initialises its weights, which fails on the meta device ("Cannot copy out of
+    meta tensor"). The architecture is counted with that registration set aside, and restored after."""
+    try:
+        import transformers.integrations.deepspeed as ds
+    except ImportError:
+        yield
+        return
+    saved = ds._hf_deepspeed_config_weak_ref
+    ds._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        ds._hf_deepspeed_config_weak_ref = saved
+
+
 def _lora_targets(target_modules, model_type: str) -> re.Pattern | set[str] | None:
     if target_modules is None:  # peft's default for the architecture (q_proj and v_proj for Qwen), else all-linear
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
@@ -100,7 +119,7 @@ def _load_architecture(name_or_path: str, revision: str | None, lora_r: int | No
 
     config_dict = {k: v for k, v in config_dict.items() if k not in ("quantization_config", "auto_map")}
     config = AutoConfig.for_model(**config_dict)
-    with torch.device("meta"):
+    with torch.device("meta"), _without_zero3():
         model = AutoModelForCausalLM.from_config(config)
     text = config.get_text_config()
     head = model.get_output_embeddings()

@@ -492,6 +492,8 @@ def report(meter: Meter, info: dict, trainer, allreduce) -> dict:
     out = {
         "device": meter.device_name, "device_total_gib": round(meter.total / GIB, 2), "gpu": meter.cuda,
         "processes": info["processes"], "model": info["source"], "prompt_tokens": info["prompt_tokens"],
+        "planned_for": {"zero_stage": mem.get("zero_stage"), "processes": mem.get("processes"),
+                        "gpu_reported_gib": mem.get("gpu_memory_gib")} if mem else None,
         "micro_batches_run": info["micro_batches"], "recipe_micro_batches": info["recipe_micro_batches"],
         "phases": phases, "peak_gib": peak,
         "step_seconds": [round(s, 2) for s in steps],

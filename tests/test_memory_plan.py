@@ -309,6 +309,23 @@ def test_special_think_tag_is_refused_for_every_method(method_recipe, tmp_path, 
                     "--dataset_name", str(ROOT / "recipes/tiny/data.jsonl")])
 
 
+def test_architecture_is_counted_under_a_zero3_launch():
+    """At a ZeRO-3 launch TrainingArguments registers its DeepSpeed config, and transformers would build the meta
+    model inside zero.Init ("Cannot copy out of meta tensor"): the count sets that registration aside."""
+    pytest.importorskip("deepspeed")
+    import transformers.integrations.deepspeed as ds
+    from transformers.integrations import HfDeepSpeedConfig
+
+    config = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+    try:
+        assert ds.is_deepspeed_zero3_enabled()
+        arch = load_architecture("Qwen/Qwen3-8B", revision="zero3-launch")  # a new cache key: counted again
+        assert arch.parameters == qwen3_8b_parameters() and ds.is_deepspeed_zero3_enabled()
+    finally:
+        ds.unset_hf_deepspeed_config()
+    del config
+
+
 def test_lora_adapter_counts():
     """r x (in + out) per adapted linear: peft's default for Qwen (q_proj, v_proj) and all-linear."""
     default = load_architecture("Qwen/Qwen3-8B", lora_r=64).lora_parameters

@@ -186,3 +186,18 @@ def test_zero3_vllm_colocate(tiny_model_path, tmp_path):
            "--save_strategy", "steps", "--save_steps", "2")
     diffs = logged(out, "checkpoint-2", "sampling/sampling_logp_difference/mean")
     assert len(diffs) == 2 and max(diffs) < 0.05, diffs
+
+
+def test_preflight_under_zero3_on_two_processes(tiny_model_path, tmp_path):
+    """The preflight as users launch it (accelerate config, two processes): the model built partitioned under
+    zero.Init, the plan for ZeRO-3 x 2 (planning/ counts the architecture with ZeRO-3's registration set aside),
+    the all-reduce measured between the processes."""
+    out = tmp_path / "preflight.json"
+    launch(3, "grpo", tiny_model_path, tmp_path, "--config", "recipes/tiny/grpo.yaml", "--model_name_or_path",
+           str(tiny_model_path), "--output_json", str(out), script="scripts/preflight.py")
+    report = json.loads(out.read_text())
+    assert report["processes"] == 2 and report["planned_for"]["zero_stage"] == 3
+    assert report["planned_for"]["processes"] == 2
+    assert report["all_reduce"]["processes"] == 2 and report["all_reduce"]["bus_gb_per_s"] > 0
+    assert len(report["step_seconds"]) == 2 and report["verdict"].startswith("CPU process figures")
+
