@@ -286,7 +286,7 @@ def build(args, rest: list[str]):
     import train
     import trl.trainer.grpo_trainer as grpo_module
 
-    from checks.recipe import check_plan, method_classes
+    from checks.recipe import SAMPLING_METHODS, check_plan, method_classes
     from planning import deepspeed_settings, plan_run
     from planning.memory import reported_total
 
@@ -302,7 +302,7 @@ def build(args, rest: list[str]):
                     deepspeed_settings(None, method_args.deepspeed))
     if plan is not None and torch.cuda.is_available():
         check_plan(script_args, plan)  # a recipe the plan refuses is refused here too (check_memory: false goes on)
-    if script_args.method not in ("grpo", "gfpo", "sgrpo"):
+    if script_args.method not in SAMPLING_METHODS:
         raise InputError(f"preflight: method {script_args.method} is not a GRPO-family method (nothing to sample).")
     notes = []
     processes = int(os.environ.get("WORLD_SIZE", 1))
