@@ -62,6 +62,7 @@ def one_batch(trainer, prompts, stop: bool, seed: int):
     from trainers import selection as sel
 
     trainer._gfpo_es_active, trainer._gfpo_gen_calls = stop, 0
+    trainer.args.seed = seed  # vLLM's request seeds derive from it (and the step and call, the same here)
     trainer._gfpo_capture = {}
     torch.manual_seed(seed)
     t = time.perf_counter()
@@ -92,7 +93,8 @@ def run_backend(args, backend: str, out: Path) -> dict:
     med = lambda runs, key: statistics.median(x[key] for x in runs)  # noqa: E731
     res = {"full_tokens": med(full, "sampled"), "stop_tokens": med(stop, "sampled"),
            "full_seconds": med(full, "seconds"), "stop_seconds": med(stop, "seconds"),
-           "stopped": med(stop, "stopped"), "identical": identical}
+           "stopped": med(stop, "stopped"), "identical": identical,
+           "per_repeat": [(a["sampled"], b["sampled"]) for a, b in zip(full, stop, strict=True)]}
     del trainer
     return res
 
@@ -135,6 +137,7 @@ def main(argv=None):
         print(f"{names[backend]:14s} full: {r['full_tokens']:.0f} tokens {r['full_seconds']:.2f} s | early stop: "
               f"{r['stop_tokens']:.0f} tokens {r['stop_seconds']:.2f} s, {r['stopped']:.0f} of {args.questions * 16} "
               f"rows stopped | retained identical: {'yes' if r['identical'] else 'no'}")
+        print(f"{'':14s} sampled tokens per repeat (full, early stop): {r['per_repeat']}")
     main_backend = "vllm" if "vllm" in results else backends[0]
     r = results[main_backend]
     print(f"(ratios below: {names[main_backend]})")
