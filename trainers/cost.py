@@ -2,7 +2,8 @@
 S-GRPO's short exits):
 
 - `cost/sampled_tokens`: completion tokens the policy generated (every call of TRL's `_generate_single_turn`: for
-  S-GRPO the full rollouts and then the exit answers; the exit prompts' shared prefixes are not sampled again);
+  S-GRPO the full rollouts and then the exit answers; the exit prompts' shared prefixes are not sampled again; GFPO
+  early stop: a stopped rollout counts the tokens it sampled, under vLLM without the EOS appended when it stopped);
 - `cost/trained_tokens`: completion tokens that went through the policy's forward and backward (the loss's
   micro-batches: GFPO `drop` leaves the rejected rows out, S-GRPO's exit rows carry their rollout prefix). DPO
   (TRL's DPOTrainer, same `_compute_loss` / `completion_mask` names) samples nothing: its trained tokens are the
