@@ -489,6 +489,12 @@ def check_packing_kernel(script_args: RecipeArguments, method_args, model_args) 
               f"serial groups' mask (supported: {', '.join(SUPPORTED_ATTENTION)}): the trainer will score padded rows "
               "and the memory plan plans those; set attn_implementation: sdpa to pack, or pack_serial_groups: false "
               "to say so.", file=sys.stderr, flush=True)
+    elif attn == "flex_attention":
+        print("train.py: note: FlexAttention with packed serial groups: the packed mask is evaluated densely when it is "
+              "built (create_block_mask with _compile=False; the memory plan counts it as attention_mask), and "
+              "transformers' torch.compile'd flex_attention compiles on first use and again when the packed length "
+              "changes (automatic dynamic shapes): expect tens of seconds of compilation in the first steps.",
+              file=sys.stderr, flush=True)
 
 
 def fill_length_kwargs(script_args: RecipeArguments, max_completion_length: int) -> None:
