@@ -221,8 +221,9 @@ def generate_with_early_stop(llm, prompts, sampling_params, layout: GroupLayout 
                     reasons[i] = "gfpo_early_stop"
                     tokens[i].append(eos_id)
                     if want_logprobs:
-                        # The forced EOS had probability 1 under the stop: logprob 0 (the row is dropped anyway).
-                        logprobs[i].append({eos_id: Logprob(logprob=0.0, rank=1)})
+                        # The forced EOS was not sampled: no sampling log-prob. NaN, which TRL reads as "unavailable
+                        # from vLLM" (importance ratio 1, left out of the divergence metrics); the row is dropped.
+                        logprobs[i].append({eos_id: Logprob(logprob=float("nan"), rank=1)})
     except BaseException:
         engine.abort_request([ids[i] for i in range(n) if not finished[i] and not stopped[i]])
         raise
