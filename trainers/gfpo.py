@@ -51,7 +51,6 @@ WRAPPED_TRL_HOOKS = (
     "_get_output_dir",
     "_prepare_inputs",  # not overridden; drop mode relies on its shuffle + split into steps_per_generation chunks
     "_generate_single_turn",  # early stop: the transformers logits processor / the vLLM engine loop around it
-    "_log_completion_extra",  # early stop: the completions table's gfpo_early_stopped column
 )
 WRAPPED_TRL_ATTRIBUTES = ("_metrics", "_logs", "num_generations", "reward_weights", "accelerator", "state",
                           "eos_token_ids", "rollout_func", "tools", "vllm_generation")
