@@ -302,9 +302,8 @@ def precheck_batch(recipe: dict, config_cls, argv: list[str]) -> None:
 
     accel = value("accelerate_config") if "accelerate_config" in recipe or "--accelerate_config" in argv else None
     procs = value("num_processes") if "num_processes" in recipe or "--num_processes" in argv else None
-    dry = str(value("dry_run")).lower() in ("true", "1", "yes") if "--dry_run" not in argv else (
-        argv.index("--dry_run") + 1 >= len(argv) or argv[argv.index("--dry_run") + 1].startswith("--")
-        or argv[argv.index("--dry_run") + 1].lower() in ("true", "1", "yes"))
+    dry_run = cli_values(argv).get("dry_run", recipe.get("dry_run", False))  # a bare --dry_run is True
+    dry = dry_run is True or str(dry_run).lower() in ("true", "yes", "1", "on")
     n = num_processes_for(RecipeArguments(accelerate_config=accel, num_processes=int(procs) if procs else None,
                                           dry_run=dry))
     as_int = lambda v: None if v in (None, "None", "null") else int(v)  # noqa: E731
@@ -481,14 +480,14 @@ def check_packing_kernel(script_args: RecipeArguments, method_args, model_args) 
     if not (script_args.method == "sgrpo" and getattr(method_args, "serial", False)
             and getattr(method_args, "pack_serial_groups", False)):
         return
-    from trainers.packing import SUPPORTED_ATTENTION
+    from trainers.packing import attention_unsupported_reason
 
     attn = model_args.attn_implementation or "sdpa"
-    if attn not in SUPPORTED_ATTENTION:
-        print(f"train.py: warning: pack_serial_groups is on but attn_implementation {attn!r} cannot take the packed "
-              f"serial groups' mask (supported: {', '.join(SUPPORTED_ATTENTION)}): the trainer will score padded rows "
-              "and the memory plan plans those; set attn_implementation: sdpa to pack, or pack_serial_groups: false "
-              "to say so.", file=sys.stderr, flush=True)
+    reason = attention_unsupported_reason(attn)
+    if reason is not None:
+        print(f"train.py: warning: pack_serial_groups is on but the attention kernel cannot take the packed serial groups' mask "
+              f"({reason}): the trainer will score padded rows and the memory plan plans those; set "
+              "attn_implementation: sdpa to pack, or pack_serial_groups: false to say so.", file=sys.stderr, flush=True)
     elif attn == "flex_attention":
         print("train.py: note: FlexAttention with packed serial groups: the packed mask is evaluated densely when it is "
               "built (create_block_mask with _compile=False; the memory plan counts it as attention_mask), and "

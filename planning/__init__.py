@@ -76,13 +76,10 @@ def generation_calls(method: str, method_args, per_rank: int, tp: int) -> list[t
 def packing_off_reason(arch: Architecture, attn_implementation: str | None) -> str | None:
     """Why the trainer will score S-GRPO's serial groups as padded rows although the recipe asks for packing: the
     same rule the trainer applies at start (trainers/packing.py `packing_unsupported_reason`), from the config."""
-    from trainers.packing import SUPPORTED_ATTENTION
+    from trainers.packing import attention_unsupported_reason
 
-    attn = attn_implementation or "sdpa"  # transformers' default kernel when the recipe names none
-    if attn not in SUPPORTED_ATTENTION:
-        return (f"attn_implementation {attn!r} ignores a prefix-sharing 4D mask "
-                f"(supported: {', '.join(SUPPORTED_ATTENTION)})")
-    return arch.packing_model_reason
+    # sdpa: transformers' default kernel when the recipe names none
+    return attention_unsupported_reason(attn_implementation or "sdpa") or arch.packing_model_reason
 
 
 def packing(method: str, method_args, prompt: int, arch: Architecture, attn_implementation: str | None) -> dict:

@@ -255,6 +255,9 @@ def memory_plan(arch: Architecture, s: Setup) -> dict:
         "activations_gib": {k: gib(v) for k, v in act.items()},
         "cuda_context_gib": CUDA_CONTEXT_GIB,
         "vllm": {k: v for k, v in vllm.items() if k != "kv_pool_bytes"} if vllm else None,
+        # right after the trainer is built: weights (shards under ZeRO-3) and reference model, vLLM started and put
+        # to sleep (or awake without sleep mode); optimizer state and gradients come with the first step
+        "model_built_gib": gib(state["weights"] + state["reference_model"] + context + asleep),
         "generation_phase_gib": gib(generation),
         "weight_sync_phase_gib": gib(sync) if colocate else None,
         "lora_zero3_gathered_copy_gib": gib(gathered_copy) if gathered_copy else None,

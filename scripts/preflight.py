@@ -128,7 +128,7 @@ def all_reduce_bandwidth(accelerator) -> dict | None:
     import torch
     import torch.distributed as dist
 
-    if accelerator.num_processes < 1 or not dist.is_initialized() or dist.get_world_size() < 2:
+    if not dist.is_initialized() or dist.get_world_size() < 2:
         return None
     n = dist.get_world_size()
     size = (256 if torch.cuda.is_available() else 16) * 2**20
@@ -187,9 +187,8 @@ def random_weights(model_id: str, architecture=None, **kwargs):
 
     config = AutoConfig.from_pretrained(model_id)
     dtype = kwargs.get("dtype")
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else (
-        getattr(torch, str(getattr(config, "dtype", None) or "float32").removeprefix("torch."), torch.float32)
-        if dtype in (None, "auto") else dtype)
+    if dtype in (None, "auto"):  # as from_pretrained: the checkpoint's own dtype (transformers takes a name too)
+        dtype = config.dtype or torch.float32
     cls = architecture or getattr(transformers, (config.architectures or ["AutoModelForCausalLM"])[0],
                                   transformers.AutoModelForCausalLM)
     where = contextlib.nullcontext()
@@ -231,15 +230,14 @@ def random_rewards(count: int, seed: int):
 
     rng = random.Random(seed)
 
-    def reward(completions, **kwargs):
-        return [float(rng.random() < 0.5) for _ in completions]
+    def named(i: int):  # one function per reward of the recipe: TRL logs each by its name
+        def reward(completions, **kwargs):
+            return [float(rng.random() < 0.5) for _ in completions]
 
-    funcs = []
-    for i in range(count):
-        f = lambda completions, **kw: reward(completions, **kw)  # noqa: E731
-        f.__name__ = f"preflight_random_{i}"
-        funcs.append(f)
-    return funcs
+        reward.__name__ = f"preflight_random_{i}"
+        return reward
+
+    return [named(i) for i in range(count)]
 
 
 class Fabricator:
@@ -266,7 +264,7 @@ class Fabricator:
 def preflight_batch(method_args, processes: int, micro_batches: int | None, whole_groups: bool) -> int:
     """Micro-batches per step for the preflight: the recipe's, or the fewest that keep its batch arithmetic (whole
     groups per generation batch, and per rank when the method needs it) at or above `micro_batches`."""
-    from checks.recipe import batch_plan
+    from checks.recipe import RecipeError, batch_plan
 
     if micro_batches is None:
         return method_args.gradient_accumulation_steps
@@ -275,7 +273,7 @@ def preflight_batch(method_args, processes: int, micro_batches: int | None, whol
         try:
             batch_plan(method_args.per_device_train_batch_size, processes, a, G, whole_groups_per_rank=whole_groups)
             return a
-        except Exception:
+        except RecipeError:
             continue
     return method_args.gradient_accumulation_steps
 
@@ -284,24 +282,19 @@ def build(args, rest: list[str]):
     """Parse and check the recipe as train.py does, then build its trainer on random weights and fabricated data."""
     import torch
     import train
-    import trl.trainer.grpo_trainer as grpo_module
 
-    from checks.recipe import SAMPLING_METHODS, check_plan, method_classes
+    from checks.recipe import SAMPLING_METHODS, check_plan, method_classes, resource_plan
     from planning import deepspeed_settings, plan_run
     from planning.memory import reported_total
 
     script_args, method_args, model_args = train.parse(["--config", args.config, *rest])
     batch, _ = train.validate(script_args, method_args, model_args)
-    # the plan of this launch: the ZeRO settings accelerate exported, the GPU's reported total (without a GPU: the
-    # one --gpu_memory_gib names, so the CPU run still prints a plan to compare with)
-    if torch.cuda.is_available():
-        gpu_gib = torch.cuda.mem_get_info()[1] / GIB
-    else:
-        gpu_gib = reported_total(script_args.gpu_memory_gib)[0]
-    plan = plan_run(script_args.method, method_args, model_args, batch, gpu_gib,
-                    deepspeed_settings(None, method_args.deepspeed))
-    if plan is not None and torch.cuda.is_available():
+    if torch.cuda.is_available():  # the plan train.py checks at this launch, on this GPU
+        plan = resource_plan(script_args, method_args, model_args, batch, dry_run=False)
         check_plan(script_args, plan)  # a recipe the plan refuses is refused here too (check_memory: false goes on)
+    else:  # the same launch's plan for the GPU --gpu_memory_gib names, so the CPU run has a plan to print beside
+        plan = plan_run(script_args.method, method_args, model_args, batch,
+                        reported_total(script_args.gpu_memory_gib)[0], deepspeed_settings(None, method_args.deepspeed))
     if script_args.method not in SAMPLING_METHODS:
         raise InputError(f"preflight: method {script_args.method} is not a GRPO-family method (nothing to sample).")
     notes = []
@@ -346,10 +339,8 @@ def build(args, rest: list[str]):
     from trainers.cost import with_cost_accounting
 
     meter = Meter()
-    grpo_module.create_model_from_path = random_weights
-    dummy = dummy_vllm_weights()
     meter.enter("model built")
-    with dummy:
+    with no_weights():
         trainer = with_cost_accounting(trainer_cls)(
             model=str(folder), reward_funcs=random_rewards(len(script_args.reward_funcs), method_args.seed),
             args=method_args, train_dataset=dataset, peft_config=get_peft_config(model_args),
@@ -357,29 +348,32 @@ def build(args, rest: list[str]):
     meter.enter(None)
     return trainer, meter, {"plan": plan, "notes": notes, "source": source, "prompt_tokens": prompt_len,
                             "micro_batches": accum, "recipe_micro_batches": recipe_accum,
-                            "processes": processes, "method": script_args.method, "tokenizer": tokenizer,
-                            "vocab": arch.vocab, "gpu_memory_gib": script_args.gpu_memory_gib}
+                            "processes": processes, "tokenizer": tokenizer, "vocab": arch.vocab}
 
 
 @contextlib.contextmanager
-def dummy_vllm_weights():
-    """TRL starts vLLM with the policy's folder; here that folder holds no weights: load_format="dummy"."""
+def no_weights():
+    """While the trainer is built from a folder that holds no weights: TRL's `create_model_from_path` (policy and
+    reference model) builds random ones (`random_weights`), and vLLM starts with load_format="dummy". Both are
+    restored after, so nothing else in the process is affected."""
     import trl.generation.vllm_generation as vg_module
+    import trl.trainer.grpo_trainer as grpo_module
 
-    real = getattr(vg_module, "LLM", None)
-    if real is None:
-        yield
-        return
+    real_create, real_llm = grpo_module.create_model_from_path, getattr(vg_module, "LLM", None)
 
     def llm(*args, **kwargs):
         kwargs.setdefault("load_format", "dummy")
-        return real(*args, **kwargs)
+        return real_llm(*args, **kwargs)
 
-    vg_module.LLM = llm
+    grpo_module.create_model_from_path = random_weights
+    if real_llm is not None:
+        vg_module.LLM = llm
     try:
         yield
     finally:
-        vg_module.LLM = real
+        grpo_module.create_model_from_path = real_create
+        if real_llm is not None:
+            vg_module.LLM = real_llm
 
 
 def instrument(trainer, meter: Meter, info: dict, decode_tokens: int):
@@ -399,7 +393,7 @@ def instrument(trainer, meter: Meter, info: dict, decode_tokens: int):
 
         def generate(prompts, images, num_generations, profiler=None):
             full = vg.max_completion_length
-            if not decode or len(decode) < trainer.state.global_step + 1:  # once per step: the rollout call
+            if len(decode) <= trainer.state.global_step:  # once per step: the rollout call (S-GRPO's exits follow)
                 saved = (vg.max_completion_length, dict(vg.generation_kwargs or {}))
                 vg.max_completion_length = decode_tokens
                 vg.generation_kwargs = {**saved[1], "ignore_eos": True, "detokenize": False}
@@ -444,7 +438,7 @@ def instrument(trainer, meter: Meter, info: dict, decode_tokens: int):
         real_gen = trainer._generate
 
         def timed(*a, **k):
-            with meter.during("vLLM generating" if trainer.use_vllm else "generation (fabricated)"):
+            with meter.during("generation (fabricated)"):
                 return real_gen(*a, **k)
 
         trainer._generate = timed
@@ -469,9 +463,7 @@ def report(meter: Meter, info: dict, trainer, allreduce) -> dict:
     plan = info["plan"] or {}
     mem, tv = plan.get("memory") or {}, plan.get("time_and_volume") or {}
     planned = {
-        "model built": (mem.get("weights_gib", 0) + mem.get("reference_model_gib", 0) + mem.get("cuda_context_gib", 0)
-                        + ((0.5 if trainer.args.vllm_enable_sleep_mode else (mem.get("vllm") or {}).get("budget_gib", 0))
-                           if mem.get("vllm") else 0)) if mem else None,
+        "model built": mem.get("model_built_gib"),
         "weight sync": mem.get("weight_sync_phase_gib"),
         "vLLM generating": mem.get("generation_phase_gib") if mem.get("vllm") else None,
         "training": mem.get("training_phase_gib"),

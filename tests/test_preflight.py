@@ -19,10 +19,16 @@ import preflight  # noqa: E402
     ("sgrpo-vllm.yaml", {"model built", "weight sync", "vLLM generating", "training"}),
 ])
 def test_preflight_runs_the_recipe_on_the_cpu(recipe, phases, tiny_model_path, tmp_path):
+    import trl.generation.vllm_generation as vg_module
+    import trl.trainer.grpo_trainer as grpo_module
+
+    real = grpo_module.create_model_from_path, vg_module.LLM
     out_json = tmp_path / "preflight.json"
     out = preflight.main(["--config", str(ROOT / "recipes/tiny" / recipe), "--model_name_or_path",
                           str(tiny_model_path), "--output_json", str(out_json), "--decode_tokens", "16"])
     assert json.loads(out_json.read_text())["verdict"] == out["verdict"]
+    # the random-weight builder and vLLM's dummy loading were for this trainer only: later trainers load weights
+    assert (grpo_module.create_model_from_path, vg_module.LLM) == real
     assert out["gpu"] is False and out["fits"] is None and out["verdict"].startswith("CPU process figures")
     assert {p["phase"] for p in out["phases"]} == phases
     training = next(p for p in out["phases"] if p["phase"] == "training")

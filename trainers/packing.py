@@ -274,13 +274,22 @@ def regroup_micro_batches(batches: list[dict], key: str) -> list[dict]:
     return out
 
 
+def attention_unsupported_reason(attn_implementation: str | None) -> str | None:
+    """Why this attention kernel cannot score packed serial groups (None when it can): it must honour a custom 4D
+    mask / BlockMask."""
+    if attn_implementation not in SUPPORTED_ATTENTION:
+        return (f"attn_implementation {attn_implementation!r} ignores a prefix-sharing 4D mask "
+                f"(supported: {', '.join(SUPPORTED_ATTENTION)})")
+    return None
+
+
 def packing_unsupported_reason(config, attn_implementation: str | None) -> str | None:
     """Why a model cannot be scored packed (None when it can): the attention kernel must honour a custom 4D mask /
     BlockMask, and no layer may rely on a mask the packed one would replace (sliding windows)."""
     model_type = getattr(config, "model_type", None)
-    if attn_implementation not in SUPPORTED_ATTENTION:
-        return (f"attn_implementation {attn_implementation!r} ignores a prefix-sharing 4D mask "
-                f"(supported: {', '.join(SUPPORTED_ATTENTION)})")
+    reason = attention_unsupported_reason(attn_implementation)
+    if reason is not None:
+        return reason
     if model_type not in SUPPORTED_MODEL_TYPES:
         return (f"model type {model_type!r} is not one whose attention is known to take a custom 4D mask "
                 f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
