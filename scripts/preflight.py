@@ -487,6 +487,8 @@ def report(meter: Meter, info: dict, trainer, allreduce) -> dict:
         "planned_for": {"zero_stage": mem.get("zero_stage"), "processes": mem.get("processes"),
                         "gpu_reported_gib": mem.get("gpu_memory_gib")} if mem else None,
         "micro_batches_run": info["micro_batches"], "recipe_micro_batches": info["recipe_micro_batches"],
+        # what DeepSpeed's engine accumulates over (it scales the loss and steps by it): must be micro_batches_run
+        "deepspeed_accumulation": info.get("deepspeed_accumulation"),
         "phases": phases, "peak_gib": peak,
         "step_seconds": [round(s, 2) for s in steps],
         "training_seconds": [round(s, 2) for s in info.get("train_seconds", [])],
@@ -583,6 +585,8 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         phase_at_error = meter.phase
         meter.close()
+    ds = trainer.accelerator.state.deepspeed_plugin
+    info["deepspeed_accumulation"] = ds.deepspeed_config.get("gradient_accumulation_steps") if ds else None
     allreduce = all_reduce_bandwidth(trainer.accelerator) if error is None else None
     out = report(meter, info, trainer, allreduce)
     if error:

@@ -194,8 +194,11 @@ def test_preflight_under_zero3_on_two_processes(tiny_model_path, tmp_path):
     the all-reduce measured between the processes."""
     out = tmp_path / "preflight.json"
     launch(3, "grpo", tiny_model_path, tmp_path, "--config", "recipes/tiny/grpo.yaml", "--model_name_or_path",
-           str(tiny_model_path), "--output_json", str(out), script="scripts/preflight.py")
+           str(tiny_model_path), "--output_json", str(out), "--gradient_accumulation_steps", "4",
+           script="scripts/preflight.py")
     report = json.loads(out.read_text())
+    # the recipe's 4 micro-batches are run as 1, and DeepSpeed's engine accumulates over that 1, not the recipe's 4
+    assert (report["micro_batches_run"], report["recipe_micro_batches"], report["deepspeed_accumulation"]) == (1, 4, 1)
     assert report["processes"] == 2 and report["planned_for"]["zero_stage"] == 3
     assert report["planned_for"]["processes"] == 2
     assert report["all_reduce"]["processes"] == 2 and report["all_reduce"]["bus_gb_per_s"] > 0
